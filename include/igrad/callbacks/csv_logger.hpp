@@ -1,0 +1,82 @@
+#pragma once
+/// @file callbacks/csv_logger.hpp
+/// @brief Writes the training curves (per step and per epoch) as CSV.
+
+#include <igrad/callbacks/callback.hpp>
+#include <igrad/exceptions.hpp>
+
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace igrad {
+
+/// @addtogroup trainer_group
+/// @{
+
+/// @brief Logs each epoch (and, optionally, each step) to CSV files.
+///
+/// Epoch file columns: `epoch,loss,classification_loss,regulariser_loss,accuracy,seconds`
+/// followed by the `EpochLog::metrics` names of the first epoch. Step file columns:
+/// `step,epoch,loss,classification_loss,regulariser_loss,accuracy`.
+class CsvLogger {
+ public:
+  /// @brief Epoch rows go to `epoch_path`; step rows to `step_path` when it is not empty.
+  explicit CsvLogger(std::filesystem::path epoch_path, std::filesystem::path step_path = {})
+      : epoch_path_(std::move(epoch_path)), step_path_(std::move(step_path)) {}
+
+  /// @brief Opens the files (truncating them), creating parent directories.
+  void on_train_begin(TrainerState& state) {
+    open(epochs_, epoch_path_, state.epoch > 0);
+    if (!step_path_.empty()) {
+      open(steps_, step_path_, false);
+      steps_ << "step,epoch,loss,classification_loss,regulariser_loss,accuracy\n";
+    }
+  }
+  /// @brief Writes a step row.
+  void on_batch_end(TrainerState& state, const StepResult& r) {
+    if (!steps_.is_open()) return;
+    steps_ << fmt::format("{},{},{:.9g},{:.9g},{:.9g},{:.9g}\n", state.global_step, state.epoch,
+                          r.loss, r.classification_loss, r.regulariser_loss, r.accuracy);
+  }
+  /// @brief Writes an epoch row (the header with the first one).
+  void on_epoch_end(TrainerState&, EpochLog& log) {
+    if (!header_written_) {
+      epochs_ << "epoch,loss,classification_loss,regulariser_loss,accuracy,seconds";
+      for (const auto& [name, value] : log.metrics) {
+        epochs_ << ',' << name;
+        columns_.push_back(name);
+      }
+      epochs_ << '\n';
+      header_written_ = true;
+    }
+    epochs_ << fmt::format("{},{:.9g},{:.9g},{:.9g},{:.9g},{:.4f}", log.epoch, log.loss,
+                           log.classification_loss, log.regulariser_loss, log.accuracy,
+                           log.seconds);
+    for (const auto& name : columns_) {
+      const auto it = log.metrics.find(name);
+      epochs_ << ',' << (it == log.metrics.end() ? std::string() : fmt::format("{:.9g}", it->second));
+    }
+    epochs_ << '\n';
+    epochs_.flush();
+    if (steps_.is_open()) steps_.flush();
+  }
+
+ private:
+  static void open(std::ofstream& out, const std::filesystem::path& path, bool) {
+    if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
+    out.open(path, std::ios::trunc);
+    detail::require<Error>(out.good(), "CsvLogger cannot write '{}'; expected a writable path",
+                           path.string());
+  }
+
+  std::filesystem::path epoch_path_, step_path_;
+  std::ofstream epochs_, steps_;
+  bool header_written_ = false;
+  std::vector<std::string> columns_;
+};
+
+/// @}
+}  // namespace igrad

@@ -1,0 +1,100 @@
+#pragma once
+/// @file callbacks/progress_bar.hpp
+/// @brief A progress bar for `Trainer::fit` that redraws itself on a terminal and prints one line
+/// per epoch elsewhere (log files, CI).
+
+#include <igrad/callbacks/callback.hpp>
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <unistd.h>
+
+namespace igrad {
+
+/// @addtogroup trainer_group
+/// @{
+
+/// @brief Shows epoch, batch, running losses, accuracy and the time left.
+///
+/// On a terminal (`isatty`) the line is redrawn in place every few batches; otherwise only the
+/// epoch summaries are printed, so logs stay readable.
+class ProgressBar {
+ public:
+  /// @brief A bar on `stream` (stderr by default); `batches_per_epoch` sizes the first epoch's
+  /// bar when known (later epochs learn it from the first).
+  explicit ProgressBar(std::FILE* stream = stderr, std::optional<int64_t> batches_per_epoch = {})
+      : stream_(stream), total_(batches_per_epoch), tty_(::isatty(::fileno(stream)) != 0) {}
+
+  /// @brief Forces terminal (redraw) or plain (line per epoch) output.
+  ProgressBar& interactive(bool on) {
+    tty_ = on;
+    return *this;
+  }
+
+  /// @brief Resets the running means.
+  void on_epoch_begin(TrainerState& state) {
+    start_ = std::chrono::steady_clock::now();
+    sum_l_ = sum_lc_ = sum_lr_ = sum_acc_ = seen_ = 0;
+    if (state.batches_per_epoch) total_ = state.batches_per_epoch;
+  }
+
+  /// @brief Accumulates and, on a terminal, redraws.
+  void on_batch_end(TrainerState& state, const StepResult& r) {
+    const double n = static_cast<double>(r.batch_size);
+    sum_l_ += r.loss * n;
+    sum_lc_ += r.classification_loss * n;
+    sum_lr_ += r.regulariser_loss * n;
+    sum_acc_ += r.accuracy * n;
+    seen_ += n;
+    if (!tty_) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_draw_ < std::chrono::milliseconds(100)) return;
+    last_draw_ = now;
+    std::fputs(("\r" + line(state, false) + "\x1b[K").c_str(), stream_);
+    std::fflush(stream_);
+  }
+
+  /// @brief Prints the epoch summary.
+  void on_epoch_end(TrainerState& state, EpochLog& log) {
+    std::string extra;
+    for (const auto& [name, value] : log.metrics) extra += fmt::format(" {}={:.4g}", name, value);
+    std::fputs(fmt::format("{}epoch {}/{}: L={:.4f} L_C={:.4f} L_R={:.4f} acc={:.2f}% ({:.1f} s){}{}\n",
+                           tty_ ? "\r\x1b[K" : "", state.epoch + 1, state.epochs, log.loss,
+                           log.classification_loss, log.regulariser_loss, 100 * log.accuracy,
+                           log.seconds, extra, "")
+                   .c_str(),
+               stream_);
+    std::fflush(stream_);
+  }
+
+ private:
+  std::string line(const TrainerState& state, bool) const {
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    std::string bar, eta;
+    if (total_ && *total_ > 0) {
+      const double done = static_cast<double>(state.batch) / static_cast<double>(*total_);
+      const int width = 24, filled = static_cast<int>(done * width + 0.5);
+      bar = "[" + std::string(std::min(filled, width), '#') +
+            std::string(width - std::min(filled, width), '.') + "] ";
+      if (state.batch > 0)
+        eta = fmt::format(" ETA {:.0f} s", elapsed / state.batch * (*total_ - state.batch));
+    }
+    return fmt::format("epoch {}/{} {}{}{} L={:.4f} L_C={:.4f} L_R={:.4f} acc={:.1f}%{}",
+                       state.epoch + 1, state.epochs, bar, state.batch,
+                       total_ ? fmt::format("/{}", *total_) : std::string(), sum_l_ / seen_,
+                       sum_lc_ / seen_, sum_lr_ / seen_, 100 * sum_acc_ / seen_, eta);
+  }
+
+  std::FILE* stream_;
+  std::optional<int64_t> total_;
+  bool tty_;
+  std::chrono::steady_clock::time_point start_{}, last_draw_{};
+  double sum_l_ = 0, sum_lc_ = 0, sum_lr_ = 0, sum_acc_ = 0, seen_ = 0;
+};
+
+/// @}
+}  // namespace igrad

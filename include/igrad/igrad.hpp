@@ -1,0 +1,24 @@
+#pragma once
+/// @file igrad.hpp
+/// @brief The umbrella header: everything igrad offers.
+///
+/// @mainpage igrad — interpretable gradients for LibTorch
+/// igrad trains convolutional networks whose input gradients explain better (Torres Figueroa et
+/// al., "A Learning Paradigm for Interpretable Gradients", VISAPP 2024), explains them with the
+/// CAM family and input-space saliency, and measures the explanations. See the README and the
+/// pages "Tutorial" and "Writing your own policy".
+
+#include <igrad/ablation.hpp>
+#include <igrad/allocator.hpp>
+#include <igrad/callbacks/callback.hpp>
+#include <igrad/callbacks/checkpoint.hpp>
+#include <igrad/callbacks/csv_logger.hpp>
+#include <igrad/callbacks/early_stopping.hpp>
+#include <igrad/callbacks/progress_bar.hpp>
+#include <igrad/errors/error_functions.hpp>
+#include <igrad/exceptions.hpp>
+#include <igrad/model.hpp>
+#include <igrad/rules/backprop_rules.hpp>
+#include <igrad/rules/input_gradient.hpp>
+#include <igrad/trainer.hpp>
+#include <igrad/version.hpp>

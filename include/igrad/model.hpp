@@ -1,0 +1,207 @@
+#pragma once
+/// @file model.hpp
+/// @brief What igrad needs from a model, and a type-erased handle to any such model.
+///
+/// LibTorch's C++ `nn::Module` has no virtual `forward` and no forward hooks, so igrad asks for
+/// two things: a classifier's `forward(x)` returning logits, and — for class activation maps —
+/// a `features(x)` / `head(a)` split with `forward = head ∘ features`. `AnyModel` erases the
+/// model's type so that one non-template code path serves every model, including adapters for
+/// `nn::Sequential`, pairs of callables and TorchScript modules.
+
+#include <igrad/exceptions.hpp>
+
+#include <torch/torch.h>
+
+#include <concepts>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace igrad {
+
+/// @defgroup models_group Models
+/// @brief The model concepts and the type-erased model handle.
+/// @{
+
+/// @brief A LibTorch module handle (`ModuleHolder` or `std::shared_ptr` to a module) whose
+/// `forward(x)` returns the logits `[N, K]`.
+///
+/// Requirements: `m->forward(x)` is a tensor and `m->parameters()` lists the parameters.
+/// Models igrad ships: every model of `igrad/models`. Minimal definition:
+/// @code
+/// struct NetImpl : torch::nn::Module {
+///   torch::nn::Linear fc{register_module("fc", torch::nn::Linear(784, 10))};
+///   torch::Tensor forward(torch::Tensor x) { return fc(x.flatten(1)); }
+/// };
+/// TORCH_MODULE(Net);  // igrad::Classifier<Net> holds
+/// @endcode
+template <class M>
+concept Classifier = requires(M& m, const torch::Tensor& x) {
+  { m->forward(x) } -> std::convertible_to<torch::Tensor>;
+  { m->parameters() } -> std::convertible_to<std::vector<torch::Tensor>>;
+};
+
+/// @brief A classifier split into a feature extractor and a head: `forward(x) == head(features(x))`.
+///
+/// `features(x)` is the feature map `A ∈ R^{N×K×h×w}` (the last rectifier's output) that class
+/// activation maps weight; `head(a)` maps it to logits. Minimal definition: a `Classifier` with
+/// @code
+/// torch::Tensor features(torch::Tensor x);
+/// torch::Tensor head(torch::Tensor a);
+/// @endcode
+template <class M>
+concept FeatureClassifier = Classifier<M> && requires(M& m, const torch::Tensor& x) {
+  { m->features(x) } -> std::convertible_to<torch::Tensor>;
+  { m->head(x) } -> std::convertible_to<torch::Tensor>;
+};
+
+/// @brief A copyable, type-erased handle to a classifier; copies share the same model.
+///
+/// Built implicitly from any `Classifier` (and from a `FeatureClassifier`, keeping its split), or
+/// explicitly from `AnyModel::Functions` by adapters.
+class AnyModel {
+ public:
+  /// @brief The operations a model handle forwards to. `features` and `head` may be empty.
+  struct Functions {
+    std::function<torch::Tensor(const torch::Tensor&)> forward;   ///< x -> logits
+    std::function<torch::Tensor(const torch::Tensor&)> features;  ///< x -> feature map (optional)
+    std::function<torch::Tensor(const torch::Tensor&)> head;      ///< feature map -> logits (optional)
+    std::function<std::vector<torch::Tensor>()> parameters;       ///< trainable parameters
+    std::function<std::vector<torch::Tensor>()> buffers;          ///< state such as BN statistics
+    std::function<void(bool)> train;                              ///< switch train / eval mode
+    std::function<bool()> is_training;                            ///< current mode
+    std::function<void(torch::serialize::OutputArchive&)> save;   ///< write weights
+    std::function<void(torch::serialize::InputArchive&)> load;    ///< read weights
+  };
+
+  /// @brief Adapts a handle from its operations (for adapters; `forward`, `parameters`,
+  /// `buffers`, `train` and `is_training` are required).
+  explicit AnyModel(Functions functions) : fn_(std::move(functions)) {
+    detail::require(fn_.forward && fn_.parameters && fn_.buffers && fn_.train && fn_.is_training,
+                    "AnyModel::Functions lacks one of forward, parameters, buffers, train, "
+                    "is_training; expected all five to be set");
+    detail::require(static_cast<bool>(fn_.features) == static_cast<bool>(fn_.head),
+                    "AnyModel::Functions sets only one of features / head; expected both or none");
+  }
+
+  /// @brief Wraps a LibTorch module handle (`ModuleHolder` or `std::shared_ptr`).
+  template <Classifier M>
+  AnyModel(M model)  // NOLINT(google-explicit-constructor): any classifier is a model
+      : AnyModel(functions_of(std::move(model))) {}
+
+  /// @brief Logits `[N, K]` of a batch.
+  torch::Tensor forward(const torch::Tensor& x) const { return fn_.forward(x); }
+  /// @brief Same as forward().
+  torch::Tensor operator()(const torch::Tensor& x) const { return fn_.forward(x); }
+  /// @brief Whether the model exposes a `features` / `head` split.
+  bool has_feature_split() const { return static_cast<bool>(fn_.features); }
+  /// @brief The feature map of a batch; throws `GraphError` when the model has no split.
+  torch::Tensor features(const torch::Tensor& x) const {
+    require_split("features");
+    return fn_.features(x);
+  }
+  /// @brief Logits from a feature map; throws `GraphError` when the model has no split.
+  torch::Tensor head(const torch::Tensor& a) const {
+    require_split("head");
+    return fn_.head(a);
+  }
+  /// @brief The trainable parameters.
+  std::vector<torch::Tensor> parameters() const { return fn_.parameters(); }
+  /// @brief The buffers (batch-norm running statistics, ...).
+  std::vector<torch::Tensor> buffers() const { return fn_.buffers(); }
+  /// @brief Switches between training and evaluation mode.
+  void train(bool on = true) const { fn_.train(on); }
+  /// @brief Switches to evaluation mode.
+  void eval() const { fn_.train(false); }
+  /// @brief Whether the model is in training mode.
+  bool is_training() const { return fn_.is_training(); }
+  /// @brief The device of the first parameter (or buffer); CPU for a model with neither.
+  torch::Device device() const {
+    for (const auto& p : parameters()) return p.device();
+    for (const auto& b : buffers()) return b.device();
+    return torch::kCPU;
+  }
+  /// @brief The floating dtype of the first parameter; float for a model without parameters.
+  torch::Dtype dtype() const {
+    for (const auto& p : parameters()) return p.scalar_type();
+    return torch::kFloat;
+  }
+  /// @brief Writes the weights to an archive.
+  void save(torch::serialize::OutputArchive& archive) const {
+    detail::require(static_cast<bool>(fn_.save), "this model cannot be saved: its adapter "
+                                                 "provides no save function");
+    fn_.save(archive);
+  }
+  /// @brief Reads the weights from an archive.
+  void load(torch::serialize::InputArchive& archive) const {
+    detail::require(static_cast<bool>(fn_.load), "this model cannot be loaded: its adapter "
+                                                 "provides no load function");
+    fn_.load(archive);
+  }
+  /// @brief The operations this handle forwards to (for adapters that extend a handle).
+  const Functions& functions() const { return fn_; }
+
+  /// @brief The operations of a LibTorch module handle, with `features`/`head` when it has them.
+  template <Classifier M>
+  static Functions functions_of(M model) {
+    std::shared_ptr<torch::nn::Module> module = module_pointer(model);
+    Functions f;
+    f.forward = [model](const torch::Tensor& x) mutable { return torch::Tensor(model->forward(x)); };
+    if constexpr (FeatureClassifier<M>) {
+      f.features = [model](const torch::Tensor& x) mutable {
+        return torch::Tensor(model->features(x));
+      };
+      f.head = [model](const torch::Tensor& a) mutable { return torch::Tensor(model->head(a)); };
+    }
+    f.parameters = [module] { return module->parameters(); };
+    f.buffers = [module] { return module->buffers(); };
+    f.train = [module](bool on) { module->train(on); };
+    f.is_training = [module] { return module->is_training(); };
+    f.save = [module](torch::serialize::OutputArchive& a) { module->save(a); };
+    f.load = [module](torch::serialize::InputArchive& a) { module->load(a); };
+    return f;
+  }
+
+ private:
+  template <class M>
+  static std::shared_ptr<torch::nn::Module> module_pointer(const M& model) {
+    if constexpr (requires { model.ptr(); }) {
+      return model.ptr();
+    } else {
+      return model;
+    }
+  }
+
+  void require_split(const char* what) const {
+    detail::require<GraphError>(has_feature_split(),
+                                "{}() was called on a model without a features/head split; "
+                                "expected a model with features(x) and head(a) (see "
+                                "igrad::FeatureClassifier and the adapters in igrad/models)",
+                                what);
+  }
+
+  Functions fn_;
+};
+
+/// @brief Restores a model's train/eval mode when it goes out of scope.
+class TrainingModeGuard {
+ public:
+  /// @brief Switches `model` to `training` and remembers the previous mode.
+  TrainingModeGuard(const AnyModel& model, bool training)
+      : model_(model), previous_(model.is_training()) {
+    model_.train(training);
+  }
+  ~TrainingModeGuard() { model_.train(previous_); }
+  TrainingModeGuard(const TrainingModeGuard&) = delete;
+  TrainingModeGuard& operator=(const TrainingModeGuard&) = delete;
+
+ private:
+  AnyModel model_;
+  bool previous_;
+};
+
+/// @}
+}  // namespace igrad

@@ -1,0 +1,206 @@
+#pragma once
+/// @file rules/backprop_rules.hpp
+/// @brief Backprop rules at rectifier sites (standard, guided, deconvnet), applied to the
+/// autograd graph of any model without editing it.
+///
+/// A rule is applied only for the duration of one backward call: igrad walks the graph from the
+/// differentiated outputs, attaches a post-hook to every rectifier node (`ReluBackward*`, and
+/// `HardtanhBackward*` with lower bound 0, which covers ReLU6), runs the backward and removes the
+/// hooks again — also when the backward throws. Other backward calls on the same graph, earlier or
+/// later, and other threads with other graphs, never see the rule.
+
+#include <igrad/exceptions.hpp>
+
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/generated/Functions.h>
+#include <torch/torch.h>
+
+#include <concepts>
+#include <memory>
+#include <string_view>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+namespace igrad {
+
+/// @defgroup rules_group Backprop rules
+/// @brief How gradients pass a rectifier `v = ReLU(u)` (SPEC §1).
+/// @{
+
+/// @brief A backprop rule: how the gradient passes a rectifier site.
+///
+/// Requirements, for a type `R`:
+/// - `R::is_standard`, a `static constexpr bool`: true when the rule is ordinary backprop (igrad
+///   then attaches nothing to the graph);
+/// - a const call operator `torch::Tensor operator()(const torch::Tensor& masked,
+///   const torch::Tensor& upstream) const` returning `δu`, given the ordinary result
+///   `masked = 1[site active] · δv` and the incoming gradient `upstream = δv`;
+/// - `R::name`, a `static constexpr const char*` naming it in tables and messages.
+///
+/// Models igrad ships: `StandardReLU`, `GuidedReLU`, `DeconvReLU`. A rule of your own:
+/// @code
+/// struct LeakyGuided {  // let 10 % of the negative signal through
+///   static constexpr bool is_standard = false;
+///   static constexpr const char* name = "LeakyGuided";
+///   torch::Tensor operator()(const torch::Tensor& masked, const torch::Tensor&) const {
+///     return torch::where(masked > 0, masked, 0.1 * masked);
+///   }
+/// };
+/// @endcode
+template <class R>
+concept BackpropRule = std::default_initializable<R> && std::copy_constructible<R> &&
+    requires(const R& rule, const torch::Tensor& masked, const torch::Tensor& upstream) {
+      { R::is_standard } -> std::convertible_to<bool>;
+      { R::name } -> std::convertible_to<const char*>;
+      { rule(masked, upstream) } -> std::convertible_to<torch::Tensor>;
+    };
+
+/// @brief Ordinary backprop: `δu = 1[u>0] · δv`.
+struct StandardReLU {
+  static constexpr bool is_standard = true;     ///< nothing to attach
+  static constexpr const char* name = "StandardReLU";  ///< display name
+  /// @brief Returns the ordinary gradient unchanged.
+  torch::Tensor operator()(const torch::Tensor& masked, const torch::Tensor& /*upstream*/) const {
+    return masked;
+  }
+};
+
+/// @brief Guided backpropagation (Springenberg et al. 2015): `δu = 1[u>0] · max(δv, 0)`.
+struct GuidedReLU {
+  static constexpr bool is_standard = false;  ///< attaches hooks
+  static constexpr const char* name = "GuidedReLU";  ///< display name
+  /// @brief `1[u>0]·max(δv,0)`, which equals `max(1[u>0]·δv, 0)`.
+  torch::Tensor operator()(const torch::Tensor& masked, const torch::Tensor& /*upstream*/) const {
+    return masked.clamp_min(0);
+  }
+};
+
+/// @brief Deconvnet rule (Zeiler & Fergus 2014): `δu = max(δv, 0)`, ignoring the forward mask.
+struct DeconvReLU {
+  static constexpr bool is_standard = false;  ///< attaches hooks
+  static constexpr const char* name = "DeconvReLU";  ///< display name
+  /// @brief `max(δv, 0)`.
+  torch::Tensor operator()(const torch::Tensor& /*masked*/, const torch::Tensor& upstream) const {
+    return upstream.clamp_min(0);
+  }
+};
+
+/// @}
+
+namespace detail {
+
+/// Whether an autograd node is the backward of a rectifier site (SPEC §1).
+inline bool is_rectifier_node(const torch::autograd::Node& node) {
+  const std::string name = node.name();
+  if (name.rfind("ReluBackward", 0) == 0) return true;
+  if (name.rfind("HardtanhBackward", 0) == 0 && name.find("BackwardBackward") == std::string::npos) {
+    // Only hardtanh(0, max) is a rectifier (ReLU6 is hardtanh(0, 6)); hardtanh(-1, 1) is not.
+    if (const auto* h = dynamic_cast<const torch::autograd::generated::HardtanhBackward0*>(&node))
+      return h->min_val.toDouble() == 0.0;
+    return false;
+  }
+  return false;
+}
+
+/// Every rectifier node reachable from the roots' gradient functions, each once.
+inline std::vector<torch::autograd::Node*> find_rectifier_nodes(
+    const std::vector<torch::Tensor>& roots) {
+  std::vector<torch::autograd::Node*> found;
+  std::vector<torch::autograd::Node*> stack;
+  std::unordered_set<torch::autograd::Node*> seen;
+  for (const auto& root : roots)
+    if (root.defined() && root.grad_fn()) stack.push_back(root.grad_fn().get());
+  while (!stack.empty()) {
+    auto* node = stack.back();
+    stack.pop_back();
+    if (!seen.insert(node).second) continue;
+    if (is_rectifier_node(*node)) found.push_back(node);
+    for (const auto& edge : node->next_edges())
+      if (edge.function) stack.push_back(edge.function.get());
+  }
+  return found;
+}
+
+/// Post-hook that replaces a rectifier node's result by the rule's.
+template <class R>
+class RuleHook final : public torch::autograd::FunctionPostHook {
+ public:
+  explicit RuleHook(R rule) : rule_(std::move(rule)) {}
+  torch::autograd::variable_list operator()(
+      const torch::autograd::variable_list& grad_inputs,
+      const torch::autograd::variable_list& grad_outputs) override {
+    if (grad_inputs.empty() || !grad_inputs[0].defined() || grad_outputs.empty() ||
+        !grad_outputs[0].defined())
+      return grad_inputs;
+    torch::autograd::variable_list result = grad_inputs;
+    result[0] = rule_(grad_inputs[0], grad_outputs[0]);
+    return result;
+  }
+
+ private:
+  R rule_;
+};
+
+/// RAII: attaches a rule's hooks to the rectifier nodes of a graph, removes them on destruction.
+template <class R>
+class ScopedRule {
+ public:
+  ScopedRule(const std::vector<torch::Tensor>& roots, const R& rule) {
+    if constexpr (!R::is_standard) {
+      nodes_ = find_rectifier_nodes(roots);
+      keys_.reserve(nodes_.size());
+      for (auto* node : nodes_)
+        keys_.push_back(node->add_post_hook(std::make_unique<RuleHook<R>>(rule)));
+    }
+  }
+  ~ScopedRule() {
+    for (std::size_t i = 0; i < keys_.size(); ++i) nodes_[i]->del_post_hook(keys_[i]);
+  }
+  ScopedRule(const ScopedRule&) = delete;
+  ScopedRule& operator=(const ScopedRule&) = delete;
+  /// Number of rectifier sites the rule acts on.
+  std::size_t sites() const { return nodes_.size(); }
+
+ private:
+  std::vector<torch::autograd::Node*> nodes_;
+  std::vector<std::uintptr_t> keys_;
+};
+
+}  // namespace detail
+
+/// @addtogroup rules_group
+/// @{
+
+/// @brief Number of rectifier sites (ReLU, ReLU6) in the autograd graph behind `outputs`.
+inline std::size_t count_rectifier_sites(const std::vector<torch::Tensor>& outputs) {
+  return detail::find_rectifier_nodes(outputs).size();
+}
+
+/// @brief `torch::autograd::grad` under a backprop rule.
+///
+/// Computes the gradients of `outputs` (weighted by `grad_outputs`, ones by default for scalars)
+/// with respect to `inputs`, passing every rectifier site with rule `R`. The rule holds for this
+/// call only. Throws `GraphError` when `R` is not the standard rule and the graph has no
+/// rectifier site, since the result would silently be the standard gradient.
+template <BackpropRule R = StandardReLU>
+std::vector<torch::Tensor> gradient(const std::vector<torch::Tensor>& outputs,
+                                    const std::vector<torch::Tensor>& inputs,
+                                    const std::vector<torch::Tensor>& grad_outputs = {},
+                                    bool retain_graph = false, bool create_graph = false,
+                                    const R& rule = R()) {
+  detail::ScopedRule<R> scope(outputs, rule);
+  if constexpr (!R::is_standard) {
+    detail::require<GraphError>(
+        scope.sites() > 0,
+        "{} found no rectifier site (ReLU, ReLU6) in the autograd graph; expected a model with at "
+        "least one, or use StandardReLU for an ordinary gradient",
+        R::name);
+  }
+  return torch::autograd::grad(outputs, inputs, grad_outputs, retain_graph, create_graph,
+                               /*allow_unused=*/false);
+}
+
+/// @}
+}  // namespace igrad

@@ -1,0 +1,339 @@
+// The Trainer (SPEC §2): the full gradient against finite differences, λ = 0, misuse, fit and
+// its callbacks, the Hana ablation.
+#include "test_support.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+using namespace igrad_test;
+namespace fs = std::filesystem;
+
+namespace {
+
+/// L(θ) with the teacher frozen at its value for θ0: the function whose gradient the trainer
+/// follows (the teacher is detached, SPEC §2).
+template <class E>
+double loss_with_frozen_teacher(TinyConv& model, const torch::Tensor& x, const torch::Tensor& t,
+                                const torch::Tensor& teacher, double lambda) {
+  const auto input = x.detach().requires_grad_(true);
+  const auto lc = torch::nn::functional::cross_entropy(model(input), t);
+  const auto student = torch::autograd::grad({lc}, {input})[0];
+  return (lc + lambda * E{}(student, teacher).mean()).item().toDouble();
+}
+
+std::vector<torch::Tensor> snapshot(const std::vector<torch::Tensor>& tensors) {
+  std::vector<torch::Tensor> copies;
+  for (const auto& t : tensors) copies.push_back(t.detach().clone());
+  return copies;
+}
+
+bool all_equal(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (!torch::equal(a[i], b[i])) return false;
+  return true;
+}
+
+std::vector<torch::Tensor> optimizer_state(torch::optim::Optimizer& optimizer) {
+  std::ostringstream bytes;
+  torch::serialize::OutputArchive archive;
+  optimizer.save(archive);
+  archive.save_to(bytes);
+  const auto s = bytes.str();
+  return {torch::from_blob(const_cast<char*>(s.data()), {static_cast<int64_t>(s.size())},
+                           torch::kChar).clone()};
+}
+
+struct ToyDataset : torch::data::datasets::Dataset<ToyDataset> {
+  torch::Tensor images, labels;
+  explicit ToyDataset(int64_t n) {
+    torch::manual_seed(11);
+    images = torch::randn({n, 1, 6, 6});
+    labels = torch::randint(0, 3, {n}, torch::kLong);
+  }
+  torch::data::Example<> get(size_t i) override {
+    return {images[static_cast<int64_t>(i)], labels[static_cast<int64_t>(i)]};
+  }
+  torch::optional<size_t> size() const override { return images.size(0); }
+};
+
+}  // namespace
+
+TEST_CASE("trainer: dL/dtheta including the double-backprop term matches finite differences") {
+  for (bool batch_norm : {false, true}) {
+    CAPTURE(batch_norm);
+    torch::manual_seed(5);
+    TinyConv model(3, batch_norm);
+    model->to(torch::kDouble);
+    model->train();
+    const auto x = torch::randn({3, 1, 6, 6}, torch::kDouble);
+    const auto t = torch::tensor({0, 2, 1});
+    const double lambda = 0.8;
+    torch::optim::SGD unused(model->parameters(), 0.0);
+    igrad::Trainer<igrad::CosineError, igrad::GuidedReLU> trainer(
+        model, unused, igrad::TrainerOptions().lambda(lambda));
+    const auto l = trainer.loss(x, t);
+    for (auto& p : model->parameters()) p.mutable_grad() = torch::Tensor();
+    l.total.backward();
+    const auto teacher = igrad::input_gradient<igrad::GuidedReLU>(model, x, t);
+    CHECK(l.total.item<double>() ==
+          doctest::Approx(loss_with_frozen_teacher<igrad::CosineError>(model, x, t, teacher,
+                                                                       lambda)).epsilon(1e-12));
+    for (auto& p : model->parameters()) {
+      const auto analytic = p.grad().clone();
+      auto numeric = torch::zeros_like(p);
+      auto flat = p.data().view(-1);
+      auto out = numeric.view(-1);
+      for (int64_t i = 0; i < flat.numel(); ++i) {
+        const double old = flat[i].item<double>(), h = 1e-6;
+        flat[i] = old + h;
+        const double plus = loss_with_frozen_teacher<igrad::CosineError>(model, x, t, teacher, lambda);
+        flat[i] = old - h;
+        const double minus = loss_with_frozen_teacher<igrad::CosineError>(model, x, t, teacher, lambda);
+        flat[i] = old;
+        out[i] = (plus - minus) / (2 * h);
+      }
+      CHECK(max_abs_diff(analytic, numeric) < 1e-6);
+      // The regulariser's own term must matter, or the check above proves little.
+    }
+    // Without the double-backprop term the gradient is measurably different.
+    const auto lc = trainer.loss(x, t).classification;
+    const auto plain = torch::autograd::grad({lc}, {model->conv->weight})[0];
+    CHECK(max_abs_diff(plain, model->conv->weight.grad()) > 1e-4);
+  }
+}
+
+TEST_CASE("trainer: lambda = 0 gives exactly the parameter update of plain training") {
+  torch::manual_seed(7);
+  TinyConv a(3, true), b(3, true);
+  copy_state(*a, *b);
+  torch::optim::Adam opt_a(a->parameters(), 1e-2), opt_b(b->parameters(), 1e-2);
+  igrad::Trainer<> trainer(a, opt_a, igrad::TrainerOptions().lambda(0.0));
+  a->train();
+  b->train();
+  for (int i = 0; i < 3; ++i) {
+    const auto x = torch::randn({8, 1, 6, 6});
+    const auto t = torch::randint(0, 3, {8}, torch::kLong);
+    const auto r = trainer.step(x, t);
+    CHECK(r.regulariser_loss < 0);  // still reported
+    opt_b.zero_grad();
+    const auto loss = torch::nn::functional::cross_entropy(b(x), t);
+    loss.backward();
+    opt_b.step();
+    CHECK(r.loss == loss.item<double>());
+  }
+  CHECK(all_equal(a->parameters(), b->parameters()));
+  CHECK(all_equal(a->buffers(), b->buffers()));
+}
+
+TEST_CASE("trainer: a regularised step moves toward the guided gradient on a fixed batch") {
+  torch::manual_seed(2);
+  TinyConv model;
+  torch::optim::Adam optimizer(model->parameters(), 5e-3);
+  igrad::Trainer<igrad::CosineError, igrad::GuidedReLU> trainer(
+      model, optimizer, igrad::TrainerOptions().lambda(5.0));
+  const auto x = torch::randn({16, 1, 6, 6});
+  const auto t = torch::randint(0, 3, {16}, torch::kLong);
+  const double first = trainer.step(x, t).regulariser_loss;
+  double last = first;
+  for (int i = 0; i < 40; ++i) last = trainer.step(x, t).regulariser_loss;
+  CHECK(last < first - 0.05);
+  CHECK(trainer.steps() == 41);
+}
+
+TEST_CASE("trainer: misuse raises igrad errors and leaves model and optimizer unchanged") {
+  torch::manual_seed(4);
+  TinyConv model(3, true);
+  torch::optim::Adam optimizer(model->parameters(), 1e-2);
+  igrad::Trainer<> trainer(model, optimizer);
+  trainer.step(torch::randn({4, 1, 6, 6}), torch::tensor({0, 1, 2, 0}));  // optimizer has state
+  const auto params = snapshot(model->parameters());
+  const auto buffers = snapshot(model->buffers());
+  const auto state = optimizer_state(optimizer);
+  auto unchanged = [&] {
+    CHECK(all_equal(params, model->parameters()));
+    CHECK(all_equal(buffers, model->buffers()));
+    CHECK(all_equal(state, optimizer_state(optimizer)));
+  };
+  const auto x = torch::randn({4, 1, 6, 6});
+  const auto t = torch::tensor({0, 1, 2, 0});
+  CHECK_THROWS_WITH_AS(trainer.step(torch::randn({36}), t), doctest::Contains("expected [N, ...]"),
+                       igrad::InvalidArgument);
+  unchanged();
+  CHECK_THROWS_WITH_AS(trainer.step(x, torch::tensor({0, 1})),
+                       doctest::Contains("expected [4] class indices"), igrad::InvalidArgument);
+  unchanged();
+  CHECK_THROWS_WITH_AS(trainer.step(x, torch::tensor({0, 1, 3, 0})),
+                       doctest::Contains("expected class indices in [0, 3)"),
+                       igrad::InvalidArgument);
+  unchanged();
+  CHECK_THROWS_WITH_AS(trainer.step(torch::randn({0, 1, 6, 6}), torch::zeros({0}, torch::kLong)),
+                       doctest::Contains("empty"), igrad::InvalidArgument);
+  unchanged();
+  auto bad = x.clone();
+  bad[1][0][2][2] = std::nan("");
+  CHECK_THROWS_WITH_AS(trainer.step(bad, t), doctest::Contains("NaN or infinite"),
+                       igrad::InvalidArgument);
+  unchanged();
+  CHECK_THROWS_WITH_AS(trainer.step(torch::randn({4, 1, 5, 5}), t),
+                       doctest::Contains("rejected an input batch of shape [4, 1, 5, 5]"),
+                       igrad::InvalidArgument);
+  unchanged();
+  CHECK_THROWS_AS(trainer.step(x, torch::tensor({0.0, 1.0, 2.0, 0.0})), igrad::InvalidArgument);
+  unchanged();
+  CHECK_THROWS_AS(igrad::Trainer<>(model, optimizer, igrad::TrainerOptions().lambda(-1.0)),
+                  igrad::InvalidArgument);
+  {
+    // A model whose logits overflow: the loss is not finite, the step is refused.
+    torch::NoGradGuard no_grad;
+    model->fc->bias[0].fill_(std::numeric_limits<float>::infinity());
+  }
+  const auto params_inf = snapshot(model->parameters());
+  CHECK_THROWS_WITH_AS(trainer.step(x, t), doctest::Contains("loss is not finite"),
+                       igrad::NumericalError);
+  CHECK(all_equal(params_inf, model->parameters()));
+  CHECK(all_equal(buffers, model->buffers()));
+  CHECK(all_equal(state, optimizer_state(optimizer)));
+}
+
+TEST_CASE("trainer: the Hana ablation runs one trainer per error function") {
+  static_assert(boost::hana::length(igrad::all_error_functions) == boost::hana::size_c<6>);
+  std::vector<std::string> names;
+  const auto x = torch::randn({4, 1, 6, 6});
+  const auto t = torch::tensor({0, 1, 2, 0});
+  igrad::for_each_policy(igrad::all_error_functions, [&](auto type) {
+    using E = typename decltype(type)::type;
+    torch::manual_seed(0);
+    TinyConv model;
+    torch::optim::SGD optimizer(model->parameters(), 0.01);
+    igrad::Trainer<E, igrad::GuidedReLU> trainer(model, optimizer,
+                                                 igrad::TrainerOptions().lambda(0.1));
+    const auto before = snapshot(model->parameters());
+    const auto r = trainer.step(x, t);
+    CHECK(std::isfinite(r.regulariser_loss));
+    CHECK_FALSE(all_equal(before, model->parameters()));
+    names.emplace_back(E::name);
+  });
+  CHECK(names == std::vector<std::string>{"SigmoidMasking", "CenteredSigmoidMasking",
+                                          "HistogramIntersection", "CosineError",
+                                          "MeanAbsoluteError", "MeanSquaredError"});
+}
+
+TEST_CASE("trainer: fit over a LibTorch data loader with CSV log, progress bar, early stop") {
+  const fs::path dir = fs::path(IGRAD_TEST_BINARY_DIR) / "fit_csv";
+  fs::remove_all(dir);
+  torch::manual_seed(9);
+  TinyConv model;
+  torch::optim::Adam optimizer(model->parameters(), 1e-2);
+  igrad::Trainer<> trainer(model, optimizer, igrad::TrainerOptions().lambda(0.1));
+  auto loader = torch::data::make_data_loader(
+      ToyDataset(40).map(torch::data::transforms::Stack<>()),
+      torch::data::DataLoaderOptions().batch_size(16));
+  std::FILE* progress = std::tmpfile();
+  struct CountBatches {
+    int batches = 0;
+    void on_batch_end(igrad::TrainerState&, const igrad::StepResult&) { ++batches; }
+  } counter;
+  const auto logs = trainer.fit(loader, 3, igrad::CsvLogger(dir / "epochs.csv", dir / "steps.csv"),
+                                igrad::ProgressBar(progress).interactive(false), counter);
+  REQUIRE(logs.size() == 3);
+  CHECK(counter.batches == 9);  // 16 + 16 + 8 per epoch
+  CHECK(logs[0].samples == 40);
+  CHECK_FALSE(model->is_training() == false);  // mode restored to what it was (training)
+  std::ifstream epochs(dir / "epochs.csv");
+  std::string header, row;
+  std::getline(epochs, header);
+  CHECK(header == "epoch,loss,classification_loss,regulariser_loss,accuracy,seconds");
+  int rows = 0;
+  while (std::getline(epochs, row)) {
+    double loss = std::stod(row.substr(row.find(',') + 1));
+    CHECK(loss == doctest::Approx(logs[rows].loss).epsilon(1e-8));
+    ++rows;
+  }
+  CHECK(rows == 3);
+  std::ifstream steps(dir / "steps.csv");
+  int step_rows = -1;
+  while (std::getline(steps, row)) ++step_rows;
+  CHECK(step_rows == 9);
+  std::rewind(progress);
+  char buffer[4096] = {};
+  const auto read = std::fread(buffer, 1, sizeof buffer - 1, progress);
+  std::fclose(progress);
+  CHECK(std::string(buffer, read).find("epoch 3/3: L=") != std::string::npos);
+
+  // Early stopping on a metric that stops improving after the first epoch.
+  struct FakeValidation {
+    double values[5] = {1.0, 0.9, 0.95, 0.93, 0.91};
+    void on_epoch_end(igrad::TrainerState& s, igrad::EpochLog& log) {
+      log.metrics["val_loss"] = values[s.epoch];
+    }
+  };
+  igrad::Trainer<> again(model, optimizer);
+  const auto stopped = again.fit(loader, 5, FakeValidation{},
+                                 igrad::EarlyStopping(2).monitor("val_loss"));
+  CHECK(stopped.size() == 4);  // best at epoch 1; epochs 2 and 3 without improvement
+  CHECK_THROWS_AS(igrad::EarlyStopping(0), igrad::InvalidArgument);
+}
+
+TEST_CASE("trainer: checkpoints are atomic and resuming reproduces an uninterrupted run") {
+  const fs::path dir = fs::path(IGRAD_TEST_BINARY_DIR) / "checkpoints";
+  fs::remove_all(dir);
+  auto make_loader = [] {
+    return torch::data::make_data_loader<torch::data::samplers::RandomSampler>(
+        ToyDataset(48).map(torch::data::transforms::Stack<>()),
+        torch::data::DataLoaderOptions().batch_size(16));
+  };
+  // Uninterrupted: 3 epochs.
+  torch::manual_seed(21);
+  TinyConv full(3, true);
+  torch::optim::Adam opt_full(full->parameters(), 1e-2);
+  {
+    igrad::Trainer<> trainer(full, opt_full);
+    auto loader = make_loader();
+    torch::manual_seed(100);
+    trainer.fit(loader, 3);
+  }
+  // Interrupted after 2 epochs, then resumed into a fresh model from the checkpoint.
+  torch::manual_seed(21);
+  TinyConv first(3, true);
+  torch::optim::Adam opt_first(first->parameters(), 1e-2);
+  {
+    igrad::Trainer<> trainer(first, opt_first);
+    auto loader = make_loader();
+    torch::manual_seed(100);
+    trainer.fit(loader, 2, igrad::Checkpoint(dir / "run.pt"));
+  }
+  torch::manual_seed(999);  // whatever happened in between
+  TinyConv resumed(3, true);
+  torch::optim::Adam opt_resumed(resumed->parameters(), 1e-2);
+  // The loader is built before the checkpoint restores the RNG: building a RandomSampler draws.
+  auto resumed_loader = make_loader();
+  const auto info = igrad::load_checkpoint(dir / "run.pt", resumed, opt_resumed);
+  CHECK(info.next_epoch == 2);
+  CHECK(info.global_step == 6);
+  CHECK(all_equal(first->parameters(), resumed->parameters()));
+  {
+    igrad::Trainer<> trainer(resumed, opt_resumed);
+    trainer.resume_at(info.next_epoch, info.global_step);
+    trainer.fit(resumed_loader, 3);
+    CHECK(trainer.steps() == 9);
+  }
+  CHECK(all_equal(full->parameters(), resumed->parameters()));
+
+  // A write that fails midway leaves the previous checkpoint intact and no partial file.
+  auto fns = igrad::AnyModel::functions_of(TinyConv(3, true));
+  fns.save = [](torch::serialize::OutputArchive&) { throw std::runtime_error("disk full"); };
+  CHECK_THROWS(igrad::save_checkpoint(dir / "run.pt", igrad::AnyModel(fns), opt_first, {}));
+  CHECK_FALSE(fs::exists(dir / "run.pt.partial"));
+  TinyConv check(3, true);
+  torch::optim::Adam opt_check(check->parameters(), 1e-2);
+  CHECK(igrad::load_checkpoint(dir / "run.pt", check, opt_check).next_epoch == 2);
+  CHECK_THROWS_AS(igrad::load_checkpoint(dir / "missing.pt", check, opt_check), igrad::DataError);
+  {
+    std::ofstream(dir / "garbage.pt") << "not a checkpoint";
+  }
+  CHECK_THROWS_AS(igrad::load_checkpoint(dir / "garbage.pt", check, opt_check), igrad::DataError);
+}
