@@ -104,10 +104,9 @@ inline bool is_rectifier_node(const torch::autograd::Node& node) {
   return false;
 }
 
-/// Every rectifier node reachable from the roots' gradient functions, each once.
-inline std::vector<torch::autograd::Node*> find_rectifier_nodes(
-    const std::vector<torch::Tensor>& roots) {
-  std::vector<torch::autograd::Node*> found;
+/// Calls `visit(node)` once for every autograd node reachable from the roots' gradient functions.
+template <class Visitor>
+void visit_graph(const std::vector<torch::Tensor>& roots, Visitor&& visit) {
   std::vector<torch::autograd::Node*> stack;
   std::unordered_set<torch::autograd::Node*> seen;
   for (const auto& root : roots)
@@ -116,10 +115,19 @@ inline std::vector<torch::autograd::Node*> find_rectifier_nodes(
     auto* node = stack.back();
     stack.pop_back();
     if (!seen.insert(node).second) continue;
-    if (is_rectifier_node(*node)) found.push_back(node);
+    visit(node);
     for (const auto& edge : node->next_edges())
       if (edge.function) stack.push_back(edge.function.get());
   }
+}
+
+/// Every rectifier node reachable from the roots' gradient functions, each once.
+inline std::vector<torch::autograd::Node*> find_rectifier_nodes(
+    const std::vector<torch::Tensor>& roots) {
+  std::vector<torch::autograd::Node*> found;
+  visit_graph(roots, [&](torch::autograd::Node* node) {
+    if (is_rectifier_node(*node)) found.push_back(node);
+  });
   return found;
 }
 
