@@ -1,0 +1,511 @@
+// Metrics (SPEC §5): Average Drop / Increase / Gain, insertion / deletion, pointing games, each on
+// hand-made cases whose answers are computed here from the definitions; batch-split invariance;
+// device; misuse.
+#include <igrad/metrics.hpp>
+
+#include <doctest/doctest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+namespace {
+
+/// A tiny conv net (conv 3×3 → ReLU → max-pool 2 → Linear) on 1×6×6 inputs, optionally with batch
+/// norm. Defined here rather than taken from test_support.hpp so that the metrics tests build
+/// from <igrad/metrics.hpp> alone.
+struct SmallConvImpl : torch::nn::Module {
+  explicit SmallConvImpl(int64_t classes = 3, bool batch_norm = false) {
+    conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 3, 3).padding(1)));
+    if (batch_norm) bn = register_module("bn", torch::nn::BatchNorm2d(3));
+    fc = register_module("fc", torch::nn::Linear(3 * 3 * 3, classes));
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    auto a = conv(x);
+    if (bn) a = bn(a);
+    return fc(torch::max_pool2d(torch::relu(a), 2).flatten(1));
+  }
+  torch::nn::Conv2d conv{nullptr};
+  torch::nn::BatchNorm2d bn{nullptr};
+  torch::nn::Linear fc{nullptr};
+};
+TORCH_MODULE(SmallConv);
+
+/// Largest absolute difference between two tensors, as a double.
+double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
+}
+
+double sigmoid(double v) { return 1.0 / (1.0 + std::exp(-v)); }
+
+/// Two classes with logits `[a · w(x), 0]`, so `P(class 0) = σ(a · w(x))`: `w` is the mean of the
+/// input, or — when a pixel is chosen — that pixel's value (channel 0). No parameters; records
+/// whether it last ran in training mode.
+struct ProbeImpl : torch::nn::Module {
+  explicit ProbeImpl(double slope, int64_t row = -1, int64_t col = -1)
+      : a(slope), r(row), c(col) {}
+  torch::Tensor forward(torch::Tensor x) {
+    ran_in_training = is_training();
+    const auto w = r < 0 ? x.mean({1, 2, 3}) : x.select(1, 0).select(1, r).select(1, c);
+    return torch::stack({a * w, torch::zeros_like(w)}, 1);
+  }
+  double a;
+  int64_t r, c;
+  bool ran_in_training = false;
+};
+TORCH_MODULE(Probe);
+
+torch::Tensor constant_images(const std::vector<double>& values, int64_t c = 1, int64_t h = 4,
+                              int64_t w = 4) {
+  auto x = torch::empty({static_cast<int64_t>(values.size()), c, h, w}, torch::kDouble);
+  for (size_t i = 0; i < values.size(); ++i) x[static_cast<int64_t>(i)].fill_(values[i]);
+  return x;
+}
+
+torch::Tensor labels(std::vector<int64_t> v) { return torch::tensor(v, torch::kLong); }
+
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const igrad::InvalidArgument& e) {
+    return e.what();
+  }
+  return "(no igrad::InvalidArgument)";
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+TEST_CASE("metrics: Average Drop / Increase / Gain on hand-made probabilities") {
+  Probe probe(2.0);
+  igrad::AnyModel model(probe);
+  SUBCASE("a constant map s scales the mean: o = σ(2 s v), hand-computed AD, AI, AG") {
+    // image 0: v = 1, s = 0.5, class 0: p = σ(2), o = σ(1) — a drop.
+    // image 1: v = 1, s = 0.5, class 1: p = σ(−2), o = σ(−1) — an increase and a gain.
+    // image 2: v = −1, s = 1, class 0: o = p — nothing.
+    const auto x = constant_images({1, 1, -1});
+    auto maps = torch::ones({3, 4, 4}, torch::kDouble);
+    maps.slice(0, 0, 2).fill_(0.5);
+    const auto r = igrad::faithfulness(model, x, maps, labels({0, 1, 0}));
+    const double drop0 = (sigmoid(2) - sigmoid(1)) / sigmoid(2);
+    const double gain1 = (sigmoid(-1) - sigmoid(-2)) / (1 - sigmoid(-2));
+    CHECK(r.images == 3);
+    CHECK(r.average_drop == doctest::Approx(100.0 / 3 * drop0).epsilon(1e-12));
+    CHECK(r.average_increase == doctest::Approx(100.0 / 3).epsilon(1e-12));
+    CHECK(r.average_gain == doctest::Approx(100.0 / 3 * gain1).epsilon(1e-12));
+  }
+  SUBCASE("normalisation-aware masking: black in pixel space, not the dataset mean") {
+    // mean 0.5, std 0.25: x = 2 is pixel 1.0; s = 0.5 gives pixel 0.5 = normalised 0 -> o = σ(0).
+    const auto x = constant_images({2});
+    const auto maps = torch::full({1, 4, 4}, 0.5, torch::kDouble);
+    const auto opts = igrad::MaskingOptions().normalization(igrad::DatasetNormalization({0.5}, {0.25}));
+    const auto scores = igrad::faithfulness_scores(model, x, maps, labels({0}), opts);
+    CHECK(scores.original[0].item<double>() == doctest::Approx(sigmoid(4)));
+    CHECK(scores.masked[0].item<double>() == doctest::Approx(0.5));
+    const auto r = igrad::faithfulness(model, x, maps, labels({0}), opts);
+    CHECK(r.average_drop == doctest::Approx(100 * (sigmoid(4) - 0.5) / sigmoid(4)));
+    // Without the normalisation the same call masks normalised values: o = σ(2 · 2 · 0.5).
+    CHECK(igrad::faithfulness_scores(model, x, maps, labels({0})).masked[0].item<double>() ==
+          doctest::Approx(sigmoid(2)));
+  }
+  SUBCASE("mask_images de-normalises, multiplies, re-normalises per channel") {
+    auto x = torch::zeros({1, 2, 1, 2}, torch::kDouble);
+    x[0][0].fill_(1.0);   // channel 0: pixel 1 · 0.5 + 0.2 = 0.7
+    x[0][1].fill_(-1.0);  // channel 1: pixel −1 · 2 + 3 = 1
+    const auto maps = torch::tensor({0.0, 0.5}, torch::kDouble).view({1, 1, 2});
+    const auto y = igrad::mask_images(x, maps, igrad::DatasetNormalization({0.2, 3.0}, {0.5, 2.0}));
+    CHECK(y[0][0][0][0].item<double>() == doctest::Approx((0.0 - 0.2) / 0.5));
+    CHECK(y[0][0][0][1].item<double>() == doctest::Approx((0.35 - 0.2) / 0.5));
+    CHECK(y[0][1][0][0].item<double>() == doctest::Approx((0.0 - 3.0) / 2.0));
+    CHECK(y[0][1][0][1].item<double>() == doctest::Approx((0.5 - 3.0) / 2.0));
+  }
+  SUBCASE("predicted class on request") {
+    // v = −1: the model predicts class 1 (p = σ(2)); s = 0.5 gives o = σ(1): a drop.
+    const auto x = constant_images({-1});
+    const auto maps = torch::full({1, 4, 4}, 0.5, torch::kDouble);
+    const auto r = igrad::faithfulness(model, x, maps, {},
+                                       igrad::MaskingOptions().target(igrad::TargetClass::predicted));
+    CHECK(r.average_drop == doctest::Approx(100 * (sigmoid(2) - sigmoid(1)) / sigmoid(2)));
+    CHECK(r.average_increase == 0);
+  }
+}
+
+TEST_CASE("metrics: a map of ones leaves p unchanged, so AD = AI = AG = 0") {
+  torch::manual_seed(3);
+  SmallConv net(4, /*batch_norm=*/true);
+  igrad::AnyModel model(net);
+  const auto x = torch::randn({6, 1, 6, 6});
+  const auto y = labels({0, 1, 2, 3, 0, 1});
+  const auto ones = torch::ones({6, 6, 6});
+  for (const auto& norm : {std::optional<igrad::DatasetNormalization>{},
+                           std::optional<igrad::DatasetNormalization>{
+                               igrad::DatasetNormalization({0.2860}, {0.3530})}}) {
+    const auto r = igrad::faithfulness(model, x, ones, y, igrad::MaskingOptions().normalization(norm));
+    CHECK(r.average_drop == 0.0);
+    CHECK(r.average_increase == 0.0);
+    CHECK(r.average_gain == 0.0);
+  }
+}
+
+TEST_CASE("metrics: accumulators give the same result for any batch split") {
+  torch::manual_seed(5);
+  SmallConv net(3);
+  igrad::AnyModel model(net);
+  const auto x = torch::randn({12, 1, 6, 6});
+  const auto maps = torch::rand({12, 6, 6});
+  const auto y = torch::randint(0, 3, {12}, torch::kLong);
+  const auto boxes = torch::tensor({1, 1, 4, 5}, torch::kLong).repeat({12, 1});
+  const auto norm = igrad::DatasetNormalization({0.2860}, {0.3530});
+
+  igrad::FaithfulnessAccumulator f_one(igrad::MaskingOptions().normalization(norm)),
+      f_split(igrad::MaskingOptions().normalization(norm));
+  const auto causal = igrad::CausalOptions().normalization(norm).batch_size(17);
+  igrad::CausalAccumulator i_one(igrad::CausalMetric::insertion, causal),
+      i_split(igrad::CausalMetric::insertion, causal);
+  igrad::PointingAccumulator p_one, p_split;
+  f_one.add(model, x, maps, y);
+  i_one.add(model, x, maps, y);
+  p_one.add(maps, boxes);
+  for (auto [a, b] : {std::pair{0, 5}, std::pair{5, 10}, std::pair{10, 12}}) {
+    f_split.add(model, x.slice(0, a, b), maps.slice(0, a, b), y.slice(0, a, b));
+    i_split.add(model, x.slice(0, a, b), maps.slice(0, a, b), y.slice(0, a, b));
+    p_split.add(maps.slice(0, a, b), boxes.slice(0, a, b));
+  }
+  // Per-image values may differ in the last bit between batch sizes of a conv net; the sums are
+  // taken in index order in double, so the results agree to rounding of single images.
+  const auto one = f_one.result(), split = f_split.result();
+  CHECK(one.images == 12);
+  CHECK(split.images == 12);
+  CHECK(split.average_drop == doctest::Approx(one.average_drop).epsilon(1e-6));
+  CHECK(split.average_increase == doctest::Approx(one.average_increase).epsilon(1e-6));
+  CHECK(split.average_gain == doctest::Approx(one.average_gain).epsilon(1e-6));
+  CHECK(i_split.result() == doctest::Approx(i_one.result()).epsilon(1e-6));
+  CHECK(max_abs_diff(i_split.mean_curve(), i_one.mean_curve()) < 1e-6);
+  CHECK(p_split.result().pointing_game == p_one.result().pointing_game);
+  CHECK(p_split.result().energy_pointing_game == p_one.result().energy_pointing_game);
+
+  SUBCASE("given the same per-image probabilities, the sums are bit-identical") {
+    const auto p = torch::rand({12}, torch::kDouble) * 0.98 + 0.01;
+    const auto o = torch::rand({12}, torch::kDouble);
+    igrad::FaithfulnessAccumulator whole, parts;
+    whole.add_scores({{}, p, o});
+    for (auto [a, b] : {std::pair{0, 5}, std::pair{5, 10}, std::pair{10, 12}})
+      parts.add_scores({{}, p.slice(0, a, b), o.slice(0, a, b)});
+    CHECK(parts.result().average_drop == whole.result().average_drop);
+    CHECK(parts.result().average_increase == whole.result().average_increase);
+    CHECK(parts.result().average_gain == whole.result().average_gain);
+  }
+}
+
+TEST_CASE("metrics: the model runs in eval mode and its mode is restored") {
+  Probe probe(1.0);
+  igrad::AnyModel model(probe);
+  probe->train(true);
+  const auto x = constant_images({1, 2});
+  const auto maps = torch::full({2, 4, 4}, 0.5, torch::kDouble);
+  igrad::faithfulness(model, x, maps, labels({0, 1}));
+  CHECK_FALSE(probe->ran_in_training);
+  CHECK(probe->is_training());
+  probe->ran_in_training = true;
+  igrad::deletion(model, x, maps, labels({0, 1}));
+  CHECK_FALSE(probe->ran_in_training);
+  CHECK(probe->is_training());
+}
+
+// ---------------------------------------------------------------------------------------------
+TEST_CASE("metrics: the trapezoid area normalised to [0, 1]") {
+  // (Σ s_j − (s_0 + s_n)/2) / n, by hand.
+  CHECK(igrad::trapezoid_auc(std::vector<double>{1, 1, 0, 0}) == doctest::Approx(1.5 / 3));
+  CHECK(igrad::trapezoid_auc(std::vector<double>{0, 1}) == doctest::Approx(0.5));
+  CHECK(igrad::trapezoid_auc(std::vector<double>{1, 0, 0, 0, 0}) == doctest::Approx(0.125));
+  CHECK(igrad::trapezoid_auc(std::vector<double>{1, 1, 1, 1}) == doctest::Approx(1.0));
+  const auto curves = torch::tensor({1.0, 1.0, 0.0, 0.0, 0.0, 0.5, 1.0, 1.0}).view({2, 4});
+  const auto auc = igrad::trapezoid_auc(curves);
+  CHECK(auc[0].item<double>() == doctest::Approx(0.5));
+  CHECK(auc[1].item<double>() == doctest::Approx((2.5 - 0.5) / 3));
+  CHECK(error_of([] { igrad::trapezoid_auc(std::vector<double>{1}); }).find("at least 2") !=
+        std::string::npos);
+}
+
+TEST_CASE("metrics: deletion and insertion curves of models with known probabilities") {
+  const double a = 3.0;
+  SUBCASE("deletion from a mean-reading model: s_j = σ(a (16 − 4j) / 16)") {
+    Probe probe(a);
+    const auto x = constant_images({1});
+    const auto maps = torch::rand({1, 4, 4}, torch::kDouble);
+    const auto c = igrad::deletion(probe, x, maps, labels({0}));
+    REQUIRE(c.probabilities.sizes() == torch::IntArrayRef{1, 5});
+    std::vector<double> expected;
+    for (int j = 0; j <= 4; ++j) expected.push_back(sigmoid(a * (16.0 - 4 * j) / 16));
+    for (int j = 0; j <= 4; ++j)
+      CHECK(c.probabilities[0][j].item<double>() == doctest::Approx(expected[j]));
+    const double hand = (expected[0] + expected[1] + expected[2] + expected[3] + expected[4] -
+                         (expected[0] + expected[4]) / 2) / 4;
+    CHECK(c.auc[0].item<double>() == doctest::Approx(hand));
+    CHECK(c.mean_auc() == doctest::Approx(hand));
+    CHECK(c.pixels.equal(torch::tensor({0, 4, 8, 12, 16}, torch::kLong)));
+    CHECK(c.fractions()[1].item<double>() == doctest::Approx(0.25));
+  }
+  SUBCASE("a step that does not divide H·W: counts 0, 5, 10, 15, 16") {
+    Probe probe(a);
+    const auto c = igrad::deletion(probe, constant_images({1}), torch::rand({1, 4, 4}, torch::kDouble),
+                                   labels({1}), igrad::CausalOptions().pixels_per_step(5));
+    const std::vector<double> counts{0, 5, 10, 15, 16};
+    for (int j = 0; j <= 4; ++j)  // class 1: P = 1 − σ(a m) = σ(−a m)
+      CHECK(c.probabilities[0][j].item<double>() == doctest::Approx(sigmoid(-a * (16 - counts[j]) / 16)));
+  }
+  SUBCASE("ranking: ties go to the lower row-major index (a constant map deletes row by row)") {
+    Probe probe(a, /*row=*/2, /*col=*/1);  // reads pixel (2, 1): deleted at step 3
+    const auto c = igrad::deletion(probe, constant_images({1}), torch::zeros({1, 4, 4}, torch::kDouble),
+                                   labels({0}));
+    const std::vector<double> expected{sigmoid(a), sigmoid(a), sigmoid(a), 0.5, 0.5};
+    for (int j = 0; j <= 4; ++j)
+      CHECK(c.probabilities[0][j].item<double>() == doctest::Approx(expected[j]));
+    CHECK(c.auc[0].item<double>() == doctest::Approx((2.5 * sigmoid(a) + 0.75) / 4));
+  }
+  SUBCASE("ranking: the most salient pixel goes first, all channels together") {
+    Probe probe(a, /*row=*/3, /*col=*/3);
+    auto maps = torch::zeros({1, 4, 4}, torch::kDouble);
+    maps[0][3][3] = 1.0;  // the last pixel in index order, the first by saliency
+    // Two channels: if channels were ranked separately, channel 0 of pixel (3, 3) could lag.
+    const auto x = constant_images({1}, /*c=*/2);
+    const auto del = igrad::deletion(probe, x, maps, labels({0}), igrad::CausalOptions().pixels_per_step(1));
+    CHECK(del.probabilities.size(1) == 17);
+    CHECK(del.probabilities[0][0].item<double>() == doctest::Approx(sigmoid(a)));
+    CHECK(del.probabilities[0][1].item<double>() == doctest::Approx(0.5));
+    CHECK(del.auc[0].item<double>() == doctest::Approx((sigmoid(a) + 15 * 0.5 + 0.5 - (sigmoid(a) + 0.5) / 2) / 16));
+    // Insertion into zeros: the pixel arrives at step 1 and stays.
+    const auto ins = igrad::insertion(probe, x, maps, labels({0}),
+                                      igrad::CausalOptions().pixels_per_step(1).insertion_substrate(
+                                          igrad::Substrate::zeros));
+    CHECK(ins.probabilities[0][0].item<double>() == doctest::Approx(0.5));
+    CHECK(ins.probabilities[0][1].item<double>() == doctest::Approx(sigmoid(a)));
+    CHECK(ins.probabilities[0][16].item<double>() == doctest::Approx(sigmoid(a)));
+    CHECK(ins.auc[0].item<double>() == doctest::Approx((0.5 + 16 * sigmoid(a) - (0.5 + sigmoid(a)) / 2) / 16));
+  }
+  SUBCASE("insertion into the blurred copy of a constant image is flat (the blur keeps constants)") {
+    Probe probe(a);
+    const auto c = igrad::insertion(probe, constant_images({0.7}), torch::rand({1, 4, 4}, torch::kDouble),
+                                    labels({0}));
+    for (int j = 0; j <= 4; ++j)
+      CHECK(c.probabilities[0][j].item<double>() == doctest::Approx(sigmoid(a * 0.7)));
+  }
+  SUBCASE("deletion substrates in normalised space: zeros is the mean, black is pixel 0") {
+    Probe probe(a);
+    const auto norm = igrad::DatasetNormalization({0.5}, {0.25});
+    const auto x = constant_images({2});  // pixel 1
+    const auto maps = torch::rand({1, 4, 4}, torch::kDouble);
+    const auto zeros = igrad::deletion(probe, x, maps, labels({0}), igrad::CausalOptions().normalization(norm));
+    CHECK(zeros.probabilities[0][4].item<double>() == doctest::Approx(0.5));  // all normalised 0
+    const auto black = igrad::deletion(probe, x, maps, labels({0}),
+                                       igrad::CausalOptions().normalization(norm).deletion_substrate(
+                                           igrad::Substrate::black));
+    CHECK(black.probabilities[0][4].item<double>() == doctest::Approx(sigmoid(a * -2.0)));  // (0 − 0.5)/0.25
+    CHECK(black.probabilities[0][2].item<double>() == doctest::Approx(sigmoid(a * 0.0)));  // half 2, half −2
+  }
+  SUBCASE("several images, classes and chunk sizes: identical curves, one class per image") {
+    Probe probe(a);
+    const auto x = constant_images({1, 0.5, -1});
+    const auto maps = torch::rand({3, 4, 4}, torch::kDouble);
+    const auto y = labels({0, 1, 1});
+    const auto reference = igrad::deletion(probe, x, maps, y, igrad::CausalOptions().batch_size(1000));
+    for (int64_t chunk : {1, 3, 7}) {
+      const auto c = igrad::deletion(probe, x, maps, y, igrad::CausalOptions().batch_size(chunk));
+      CHECK(c.probabilities.equal(reference.probabilities));
+    }
+    for (int j = 0; j <= 4; ++j) {
+      CHECK(reference.probabilities[1][j].item<double>() == doctest::Approx(sigmoid(-a * 0.5 * (16 - 4 * j) / 16)));
+      CHECK(reference.probabilities[2][j].item<double>() == doctest::Approx(sigmoid(a * (16 - 4 * j) / 16)));
+    }
+  }
+}
+
+TEST_CASE("metrics: the separable Gaussian blur") {
+  SUBCASE("a delta spreads as the outer product of the normalised 1-D kernel") {
+    auto x = torch::zeros({1, 1, 11, 11}, torch::kDouble);
+    x[0][0][5][5] = 1.0;
+    const auto y = igrad::gaussian_blur(x, 3, 1.0, igrad::BlurPadding::zeros);
+    const double z = 1 + 2 * std::exp(-0.5);
+    CHECK(y[0][0][5][5].item<double>() == doctest::Approx(1 / (z * z)));
+    CHECK(y[0][0][5][6].item<double>() == doctest::Approx(std::exp(-0.5) / (z * z)));
+    CHECK(y[0][0][4][6].item<double>() == doctest::Approx(std::exp(-1.0) / (z * z)));
+    CHECK(y[0][0][5][7].item<double>() == 0.0);
+    CHECK(y.sum().item<double>() == doctest::Approx(1.0));
+  }
+  SUBCASE("RISE's default kernel 11, σ 5") {
+    auto x = torch::zeros({1, 1, 21, 21}, torch::kDouble);
+    x[0][0][10][10] = 1.0;
+    const auto y = igrad::gaussian_blur(x);
+    double z = 0;
+    for (int k = -5; k <= 5; ++k) z += std::exp(-k * k / 50.0);
+    CHECK(y[0][0][10][10].item<double>() == doctest::Approx(1 / (z * z)));
+    CHECK(y[0][0][10][15].item<double>() == doctest::Approx(std::exp(-0.5) / (z * z)));
+    CHECK(y[0][0][10][16].item<double>() == 0.0);
+  }
+  SUBCASE("replicate and reflect keep a constant image; zeros darkens the border") {
+    const auto x = torch::full({2, 3, 8, 8}, 0.3, torch::kDouble);
+    CHECK(max_abs_diff(igrad::gaussian_blur(x, 11, 5, igrad::BlurPadding::replicate), x) < 1e-12);
+    CHECK(max_abs_diff(igrad::gaussian_blur(x, 5, 2, igrad::BlurPadding::reflect), x) < 1e-12);
+    CHECK(igrad::gaussian_blur(x, 5, 2, igrad::BlurPadding::zeros)[0][0][0][0].item<double>() < 0.3);
+    const auto small = torch::full({1, 1, 4, 4}, 0.3, torch::kDouble);  // 5-px padding > 3
+    CHECK(error_of([&] { igrad::gaussian_blur(small, 11, 5, igrad::BlurPadding::reflect); })
+              .find("reflect padding") != std::string::npos);
+    CHECK(error_of([&] { igrad::gaussian_blur(x, 4, 5); }).find("odd") != std::string::npos);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+TEST_CASE("metrics: pointing game with a tolerance of 15 px at 224 px, scaled") {
+  CHECK(igrad::pointing_tolerance(224) == doctest::Approx(15.0));
+  CHECK(igrad::pointing_tolerance(28) == doctest::Approx(1.875));
+  CHECK(igrad::pointing_tolerance(64, igrad::PointingOptions().tolerance(3.0)) == 3.0);
+
+  // 28×28, radius 1.875 px; box columns 10..14 and rows 10..14 (x1 = y1 = 15 exclusive).
+  const auto box = torch::tensor({10, 10, 15, 15}, torch::kLong).view({1, 4});
+  const auto peak = [](int64_t row, int64_t col) {
+    auto m = torch::full({1, 28, 28}, 0.1);
+    m[0][row][col] = 1.0;
+    return m;
+  };
+  const auto hit = [&](int64_t row, int64_t col, const igrad::PointingOptions& o = {},
+                       const torch::Tensor& b = {}) {
+    return igrad::pointing_hits(peak(row, col), b.defined() ? b : box, o)[0].item<bool>();
+  };
+  CHECK(hit(12, 12));        // inside
+  CHECK(hit(12, 15));        // 1 px right of the last column
+  CHECK_FALSE(hit(12, 16));  // 2 px > 1.875
+  CHECK(hit(15, 15));        // diagonal: 1² + 1² = 2 <= 3.52
+  CHECK_FALSE(hit(16, 15));  // 1² + 2² = 5 > 3.52
+  CHECK_FALSE(hit(12, 15, igrad::PointingOptions().tolerance(0.0)));
+  CHECK(hit(12, 14, igrad::PointingOptions().tolerance(0.0)));
+
+  SUBCASE("box ends: exclusive by default, inclusive on request") {
+    const auto b = torch::tensor({10, 10, 14, 14}, torch::kLong).view({1, 4});
+    const auto exact = igrad::PointingOptions().tolerance(0.0);
+    CHECK_FALSE(hit(12, 14, exact, b));  // column 14 is past an exclusive end
+    CHECK(hit(12, 14, igrad::PointingOptions().tolerance(0.0).box_end_inclusive(true), b));
+    const auto inclusive = igrad::boxes_to_masks(b, 28, 28, true);
+    const auto exclusive = igrad::boxes_to_masks(b, 28, 28, false);
+    CHECK(inclusive.sum().item<int64_t>() == 25);
+    CHECK(exclusive.sum().item<int64_t>() == 16);
+    CHECK(exclusive[0][13][13].item<bool>());
+    CHECK_FALSE(exclusive[0][14][13].item<bool>());
+  }
+  SUBCASE("masks work like boxes") {
+    const auto masks = igrad::boxes_to_masks(box, 28, 28);
+    CHECK(igrad::pointing_hits(peak(12, 15), masks)[0].item<bool>());
+    CHECK_FALSE(igrad::pointing_hits(peak(12, 16), masks)[0].item<bool>());
+  }
+  SUBCASE("ties: the first maximum in row-major order") {
+    const auto flat = torch::full({1, 28, 28}, 0.5);
+    CHECK(igrad::pointing_hits(flat, torch::tensor({0, 0, 1, 1}).view({1, 4}),
+                               igrad::PointingOptions().tolerance(0.0))[0].item<bool>());
+    CHECK_FALSE(igrad::pointing_hits(flat, box)[0].item<bool>());
+  }
+  SUBCASE("accumulated in %") {
+    igrad::PointingAccumulator acc;
+    acc.add(torch::cat({peak(12, 12), peak(12, 16), peak(15, 15)}), box.repeat({3, 1}));
+    acc.add(peak(0, 0), box);
+    CHECK(acc.result().pointing_game == doctest::Approx(50.0));
+    CHECK(acc.result().images == 4);
+  }
+}
+
+TEST_CASE("metrics: energy-based pointing game") {
+  // 4×4 map: 1 in the 2×2 box (rows 1..2, cols 0..1), 0.5 elsewhere -> 4 / (4 + 12 · 0.5) = 0.4.
+  auto map = torch::full({1, 4, 4}, 0.5, torch::kDouble);
+  map.slice(1, 1, 3).slice(2, 0, 2).fill_(1.0);
+  const auto box = torch::tensor({0, 1, 2, 3}).view({1, 4});
+  CHECK(igrad::energy_pointing(map, box)[0].item<double>() == doctest::Approx(0.4));
+  CHECK(igrad::energy_pointing(map, igrad::boxes_to_masks(box, 4, 4))[0].item<double>() ==
+        doctest::Approx(0.4));
+  CHECK(igrad::energy_pointing(torch::zeros({1, 4, 4}), box)[0].item<double>() == 0.0);
+  igrad::PointingAccumulator acc;
+  acc.add(torch::cat({map, torch::ones({1, 4, 4}, torch::kDouble)}), box.repeat({2, 1}));
+  CHECK(acc.result().energy_pointing_game == doctest::Approx(100 * (0.4 + 4.0 / 16) / 2));
+}
+
+TEST_CASE("metrics: everything follows the input's device") {
+  const auto device = torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+  torch::manual_seed(11);
+  SmallConv net(3);
+  net->to(device, torch::kDouble);
+  igrad::AnyModel model(net);
+  const auto x = torch::randn({4, 1, 6, 6}, torch::kDouble);
+  const auto maps = torch::rand({4, 6, 6}, torch::kDouble);
+  const auto y = labels({0, 1, 2, 0});
+  const auto box = torch::tensor({1, 1, 4, 4}).repeat({4, 1});
+  const auto f_here = igrad::faithfulness(model, x.to(device), maps.to(device), y.to(device));
+  const auto curves = igrad::insertion(model, x.to(device), maps.to(device), y.to(device));
+  CHECK(curves.probabilities.device() == device);
+  CHECK(curves.auc.device() == device);
+  CHECK(igrad::pointing_hits(maps.to(device), box).device() == device);
+  CHECK(igrad::energy_pointing(maps.to(device), box).device() == device);
+  // Same numbers as a hand-rolled CPU computation of p and o.
+  net->to(torch::kCPU);
+  torch::NoGradGuard no_grad;
+  const auto p = torch::softmax(net->forward(x), 1).gather(1, y.view({-1, 1})).view(-1);
+  const auto o = torch::softmax(net->forward(x * maps.unsqueeze(1)), 1).gather(1, y.view({-1, 1})).view(-1);
+  const auto drop = (torch::clamp_min(p - o, 0) / p).mean().item<double>() * 100;
+  CHECK(f_here.average_drop == doctest::Approx(drop).epsilon(1e-9));
+}
+
+// ---------------------------------------------------------------------------------------------
+TEST_CASE("metrics: misuse gives clear igrad errors") {
+  Probe probe(1.0);
+  igrad::AnyModel model(probe);
+  const auto x = constant_images({1, 2});
+  const auto y = labels({0, 1});
+  const auto maps = torch::full({2, 4, 4}, 0.5, torch::kDouble);
+  const auto contains = [](const std::string& message, const std::string& part) {
+    INFO(message);
+    CHECK(message.find(part) != std::string::npos);
+  };
+  contains(error_of([&] { igrad::faithfulness(model, x, torch::full({2, 5, 4}, 0.5, torch::kDouble), y); }),
+           "expected maps of shape [2, 4, 4]");
+  contains(error_of([&] { igrad::faithfulness(model, x, maps.slice(0, 0, 1), y); }),
+           "expected maps of shape [2, 4, 4]");
+  contains(error_of([&] { igrad::faithfulness(model, x, maps * 3, y); }), "expected values in [0, 1]");
+  contains(error_of([&] { igrad::faithfulness(model, x, maps - 1, y); }), "expected values in [0, 1]");
+  auto nan_maps = maps.clone();
+  nan_maps[1][2][2] = std::nan("");
+  contains(error_of([&] { igrad::deletion(model, x, nan_maps, y); }), "NaN or infinite");
+  contains(error_of([&] { igrad::faithfulness(model, x, maps, labels({0, 2})); }),
+           "expected class indices in [0, 2)");
+  contains(error_of([&] { igrad::insertion(model, x, maps, labels({-1, 0})); }),
+           "expected class indices in [0, 2)");
+  contains(error_of([&] { igrad::faithfulness(model, x, maps, labels({0})); }), "one per sample");
+  contains(error_of([] { igrad::FaithfulnessAccumulator().result(); }), "empty dataset");
+  contains(error_of([] { igrad::CausalAccumulator(igrad::CausalMetric::deletion).result(); }),
+           "empty dataset");
+  contains(error_of([] { igrad::PointingAccumulator().result(); }), "empty dataset");
+  contains(error_of([&] { igrad::deletion(model, x.slice(0, 0, 0), maps.slice(0, 0, 0), y.slice(0, 0, 0)); }),
+           "empty batch");
+  contains(error_of([&] {
+             igrad::faithfulness(model, x, maps, y,
+                                 igrad::MaskingOptions().normalization(igrad::DatasetNormalization({0.1, 0.2}, {1.0, 1.0})));
+           }),
+           "expected one value per channel");
+  contains(error_of([&] {
+             igrad::faithfulness(model, x, maps, y,
+                                 igrad::MaskingOptions().normalization(igrad::DatasetNormalization({0.1}, {0.0})));
+           }),
+           "expected values > 0");
+  contains(error_of([&] { igrad::deletion(model, x, maps, y, igrad::CausalOptions().pixels_per_step(0)); }),
+           "expected at least 1");
+  const auto m28 = torch::full({1, 28, 28}, 0.5);
+  contains(error_of([&] { igrad::pointing_hits(m28, torch::tensor({20, 20, 30, 25}).view({1, 4})); }),
+           "outside the 28x28 image");
+  contains(error_of([&] { igrad::pointing_hits(m28, torch::tensor({5, 5, 5, 9}).view({1, 4})); }),
+           "or is empty");
+  contains(error_of([&] { igrad::pointing_hits(m28, torch::tensor({1, 1, 3, 3}).view({1, 4}).repeat({2, 1})); }),
+           "one box per map");
+  contains(error_of([&] { igrad::energy_pointing(m28, torch::zeros({1, 28, 28})); }), "mask is empty");
+  contains(error_of([&] { igrad::energy_pointing(m28, torch::ones({1, 27, 28})); }), "expected boxes [1, 4]");
+  contains(error_of([&] { igrad::pointing_hits(m28, torch::tensor({1.5, 1.0, 3.0, 3.0}).view({1, 4})); }),
+           "whole pixel indices");
+  contains(error_of([&] { igrad::faithfulness(model, torch::ones({2, 4, 4}, torch::kDouble), maps, y); }),
+           "[N, C, H, W]");
+}
