@@ -1,6 +1,7 @@
 // igrad::evaluate and MetricsTable (SPEC §5): hand-computed tables, batch-split invariance,
 // batch ranges, the class choice, progress output, CSV / Markdown round trips, misuse.
 #include <igrad/metrics.hpp>
+#include <igrad/metrics/evaluate_cams.hpp>
 
 #include <doctest/doctest.h>
 #include <torch/torch.h>
@@ -16,7 +17,7 @@
 namespace {
 
 /// A tiny conv net (conv 3×3 → ReLU → max-pool 2 → Linear) on 1×6×6 inputs, optionally with batch
-/// norm. Defined here rather than taken from test_support.hpp so that the metrics tests build
+/// norm, with a features / head split for the CAM methods. Defined here rather than taken from test_support.hpp so that the metrics tests build
 /// from <igrad/metrics.hpp> alone.
 struct SmallConvImpl : torch::nn::Module {
   explicit SmallConvImpl(int64_t classes = 3, bool batch_norm = false) {
@@ -24,11 +25,13 @@ struct SmallConvImpl : torch::nn::Module {
     if (batch_norm) bn = register_module("bn", torch::nn::BatchNorm2d(3));
     fc = register_module("fc", torch::nn::Linear(3 * 3 * 3, classes));
   }
-  torch::Tensor forward(torch::Tensor x) {
+  torch::Tensor features(torch::Tensor x) {
     auto a = conv(x);
     if (bn) a = bn(a);
-    return fc(torch::max_pool2d(torch::relu(a), 2).flatten(1));
+    return torch::max_pool2d(torch::relu(a), 2);
   }
+  torch::Tensor head(torch::Tensor a) { return fc(a.flatten(1)); }
+  torch::Tensor forward(torch::Tensor x) { return head(features(x)); }
   torch::nn::Conv2d conv{nullptr};
   torch::nn::BatchNorm2d bn{nullptr};
   torch::nn::Linear fc{nullptr};
@@ -309,6 +312,48 @@ TEST_CASE("evaluate: misuse gives clear igrad errors") {
   const std::vector<igrad::EvaluationBatch> mixed{
       {data.images, data.labels, torch::tensor({0, 0, 2, 2}).repeat({2, 1})}, {data.images, data.labels}};
   contains(error_of([&] { igrad::evaluate(probe, {half}, mixed, quiet()); }), "all or none");
+}
+
+TEST_CASE("evaluate: a Boost.Hana tuple of CAM types becomes explainers named C::name") {
+  torch::manual_seed(13);
+  SmallConv net(3);
+  const auto x = torch::randn({5, 1, 6, 6});
+  const auto y = torch::tensor({0, 1, 2, 1, 0}, torch::kLong);
+  const auto boxes = torch::tensor({0, 0, 3, 3}, torch::kLong).repeat({5, 1});
+  constexpr auto cams = boost::hana::tuple_t<igrad::GradCam, igrad::ScoreCam>;
+  const auto explainers = igrad::cam_explainers(cams);
+  REQUIRE(explainers.size() == 2);
+  CHECK(explainers[0].name == std::string(igrad::GradCam::name));
+  CHECK(explainers[1].name == std::string(igrad::ScoreCam::name));
+
+  const auto table = igrad::evaluate(net, cams, {x, y, boxes}, quiet().batch_size(2));
+  CHECK(table.methods() == std::vector<std::string>{igrad::GradCam::name, igrad::ScoreCam::name});
+  // The same explainers written out by hand give the same table.
+  const std::vector<igrad::Explainer> by_hand{
+      {igrad::GradCam::name,
+       [](const igrad::AnyModel& m, const torch::Tensor& v, const torch::Tensor& t) {
+         return igrad::explain<igrad::GradCam>(m, v, t);
+       }},
+      {igrad::ScoreCam::name,
+       [](const igrad::AnyModel& m, const torch::Tensor& v, const torch::Tensor& t) {
+         return igrad::explain<igrad::ScoreCam>(m, v, t);
+       }}};
+  const auto reference = igrad::evaluate(net, by_hand, {x, y, boxes}, quiet().batch_size(2));
+  for (const auto& method : table.methods())
+    for (const auto& metric : table.metrics())
+      CHECK(table.at(method, metric) == reference.at(method, metric));
+  // Its Grad-CAM faithfulness is that of Grad-CAM's maps for the labels.
+  const auto direct = igrad::faithfulness(net, x, igrad::explain<igrad::GradCam>(net, x, y), y);
+  CHECK(table.at(igrad::GradCam::name, "AD") == doctest::Approx(direct.average_drop).epsilon(1e-6));
+  CHECK(table.at(igrad::GradCam::name, "AG") == doctest::Approx(direct.average_gain).epsilon(1e-6));
+  // And a range of batches works the same.
+  const std::vector<igrad::EvaluationBatch> batches{{x.slice(0, 0, 2), y.slice(0, 0, 2), boxes.slice(0, 0, 2)},
+                                                    {x.slice(0, 2, 4), y.slice(0, 2, 4), boxes.slice(0, 2, 4)},
+                                                    {x.slice(0, 4, 5), y.slice(0, 4, 5), boxes.slice(0, 4, 5)}};
+  const auto from_range = igrad::evaluate(net, cams, batches, quiet());
+  for (const auto& method : table.methods())
+    for (const auto& metric : table.metrics())
+      CHECK(from_range.at(method, metric) == table.at(method, metric));
 }
 
 // ---------------------------------------------------------------------------------------------
