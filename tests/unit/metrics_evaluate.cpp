@@ -231,6 +231,27 @@ TEST_CASE("evaluate: the same table for any batch split, from tensors or from a 
       CHECK(from_tuples.at(method, metric) == split.at(method, metric));
     }
 
+  // Batches with images / labels / boxes / masks members (like igrad::LocalizationBatch) use the
+  // boxes; torch::data::Example batches (data, target) have no regions.
+  struct Localization {
+    torch::Tensor images, labels, boxes, masks;
+  };
+  std::vector<Localization> localization;
+  std::vector<torch::data::Example<>> examples;
+  for (const auto& b : batches) {
+    localization.push_back({b.images, b.labels, b.regions, torch::ones({b.images.size(0), 6, 6})});
+    examples.emplace_back(b.images, b.labels);
+  }
+  const auto from_localization = igrad::evaluate(net, methods, localization, options);
+  const auto from_examples = igrad::evaluate(net, methods, examples, options);
+  CHECK(from_examples.metrics() == std::vector<std::string>{"AD", "AI", "AG", "Insertion", "Deletion"});
+  for (const auto& method : whole.methods()) {
+    for (const auto& metric : whole.metrics())
+      CHECK(from_localization.at(method, metric) == split.at(method, metric));
+    for (const auto& metric : from_examples.metrics())
+      CHECK(from_examples.at(method, metric) == split.at(method, metric));
+  }
+
   SUBCASE("with the mean probe, per-image values do not depend on the batch: exact equality") {
     MeanProbe probe(1.5);
     const auto v = torch::linspace(-1, 1, 12, torch::kDouble).view({12, 1, 1, 1}).expand({12, 1, 4, 4}).contiguous();

@@ -110,6 +110,20 @@ TEST_CASE("metrics: Average Drop / Increase / Gain on hand-made probabilities") 
     CHECK(igrad::faithfulness_scores(model, x, maps, labels({0})).masked[0].item<double>() ==
           doctest::Approx(sigmoid(2)));
   }
+  SUBCASE("any type with mean / std vectors converts (e.g. the data module's Normalization)") {
+    struct OtherNormalization {
+      std::vector<double> mean, std;
+    };
+    const auto x = constant_images({2});
+    const auto maps = torch::full({1, 4, 4}, 0.5, torch::kDouble);
+    const auto converted = igrad::faithfulness_scores(
+        model, x, maps, labels({0}), igrad::MaskingOptions().normalization(OtherNormalization{{0.5}, {0.25}}));
+    CHECK(converted.masked[0].item<double>() == doctest::Approx(0.5));
+    // Empty mean and std are the identity: the same as no normalisation, o = σ(2 · 2 · 0.5).
+    const auto identity = igrad::faithfulness_scores(
+        model, x, maps, labels({0}), igrad::MaskingOptions().normalization(OtherNormalization{}));
+    CHECK(identity.masked[0].item<double>() == doctest::Approx(sigmoid(2)));
+  }
   SUBCASE("mask_images de-normalises, multiplies, re-normalises per channel") {
     auto x = torch::zeros({1, 2, 1, 2}, torch::kDouble);
     x[0][0].fill_(1.0);   // channel 0: pixel 1 · 0.5 + 0.2 = 0.7
@@ -320,6 +334,28 @@ TEST_CASE("metrics: deletion and insertion curves of models with known probabili
       CHECK(reference.probabilities[2][j].item<double>() == doctest::Approx(sigmoid(a * (16 - 4 * j) / 16)));
     }
   }
+}
+
+TEST_CASE("metrics: the causal accumulator's mean area and mean curve") {
+  // Images v = 1 and v = −1, class 0: σ(a m) + σ(−a m) = 1, so every point of the mean curve is 0.5.
+  Probe probe(2.0);
+  igrad::CausalAccumulator acc(igrad::CausalMetric::deletion);
+  const auto curves = acc.add(probe, constant_images({1}), torch::rand({1, 4, 4}, torch::kDouble), labels({0}));
+  CHECK(curves.probabilities[0][0].item<double>() == doctest::Approx(sigmoid(2)));
+  acc.add(probe, constant_images({-1}), torch::rand({1, 4, 4}, torch::kDouble), labels({0}));
+  CHECK(acc.images() == 2);
+  CHECK(acc.result() == doctest::Approx(0.5));
+  const auto mean = acc.mean_curve();
+  REQUIRE(mean.size(0) == 5);
+  for (int j = 0; j <= 4; ++j) CHECK(mean[j].item<double>() == doctest::Approx(0.5));
+  CHECK(acc.pixels().equal(torch::tensor({0, 4, 8, 12, 16}, torch::kLong)));
+  // Curves of another length cannot be averaged with these.
+  CHECK(error_of([&] {
+          acc.add(probe, constant_images({1}), torch::rand({1, 4, 4}, torch::kDouble), labels({0}));
+          igrad::CausalAccumulator other(igrad::CausalMetric::deletion, igrad::CausalOptions().pixels_per_step(1));
+          other.add(probe, constant_images({1}), torch::rand({1, 4, 4}, torch::kDouble), labels({0}));
+          other.add_curves(curves);
+        }).find("one size and one step") != std::string::npos);
 }
 
 TEST_CASE("metrics: the separable Gaussian blur") {
