@@ -106,6 +106,40 @@ TEST_CASE("trainer: dL/dtheta including the double-backprop term matches finite 
   }
 }
 
+TEST_CASE("trainer: the fast batch-norm second-order path equals LibTorch's own") {
+  for (bool affine : {true, false}) {
+    CAPTURE(affine);
+    torch::manual_seed(6);
+    TinyConv model(3, true);
+    if (!affine) model->bn = model->replace_module(
+        "bn", torch::nn::BatchNorm2d(torch::nn::BatchNorm2dOptions(3).affine(false)));
+    model->to(torch::kDouble);
+    model->train();
+    if (affine) {
+      torch::NoGradGuard no_grad;
+      model->bn->weight.uniform_(0.5, 1.5);
+      model->bn->bias.uniform_(-0.5, 0.5);
+    }
+    const auto x = torch::randn({4, 1, 6, 6}, torch::kDouble);
+    const auto t = torch::tensor({0, 2, 1, 1});
+    torch::optim::SGD unused(model->parameters(), 0.0);
+    igrad::Trainer<igrad::CosineError, igrad::GuidedReLU> trainer(
+        model, unused, igrad::TrainerOptions().lambda(0.6));
+    trainer.loss(x, t).total.backward();
+    std::vector<torch::Tensor> fast;
+    for (auto& p : model->parameters()) fast.push_back(p.grad().clone());
+    // LibTorch's generic double backward, written out without igrad's hooks.
+    for (auto& p : model->parameters()) p.mutable_grad() = torch::Tensor();
+    const auto input = x.clone().requires_grad_(true);
+    const auto lc = torch::nn::functional::cross_entropy(model(input), t);
+    const auto student = torch::autograd::grad({lc}, {input}, {}, true, true)[0];
+    const auto teacher = igrad::gradient<igrad::GuidedReLU>({lc}, {input}, {}, true)[0].detach();
+    (lc + 0.6 * igrad::CosineError{}(student, teacher).mean()).backward();
+    const auto params = model->parameters();
+    for (size_t i = 0; i < params.size(); ++i) CHECK(max_abs_diff(fast[i], params[i].grad()) < 1e-12);
+  }
+}
+
 TEST_CASE("trainer: lambda = 0 gives exactly the parameter update of plain training") {
   torch::manual_seed(7);
   TinyConv a(3, true), b(3, true);

@@ -25,53 +25,57 @@
 namespace igrad::detail {
 
 /// Autograd function `(dy, x, γ) ↦ dx`, the input gradient of training-mode batch norm, whose
-/// value is computed by LibTorch and whose derivative is the closed form above.
+/// value is computed by LibTorch and whose derivative is the closed form below.
+///
+/// With `P(v) = v − mean(v) − x̂ mean(v x̂)` (per channel), `dx = γ r P(dy)`. For an upstream
+/// gradient `ḡ`, with `c = mean(dy x̂)`, `K = mean(ḡ dy) − mean(dy) mean(ḡ) − c mean(ḡ x̂)`:
+/// \f[ \bar{dy} = γ r P(ḡ), \quad \bar x = −r c\,\bar{dy} − r\,\mathrm{mean}(ḡ x̂)\,dx − γ r^2 K x̂,
+///     \quad \bar γ = m\,r K \f]
+/// LibTorch's own fused batch-norm backward, applied to `ḡ` with all three outputs, gives
+/// `γ r P(ḡ)`, `Σ ḡ x̂` and `Σ ḡ` in one kernel; applied to `dy` in the forward pass it gives
+/// `Σ dy x̂` and `Σ dy`. What is left is one product-reduction and three fused multiply-adds.
 struct BatchNormInputGradient : torch::autograd::Function<BatchNormInputGradient> {
   /// `dx` is LibTorch's first-order result; `mean` and `invstd` are the batch statistics.
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& dy,
                                const torch::Tensor& x, const torch::Tensor& gamma,
                                const torch::Tensor& dx, const torch::Tensor& mean,
                                const torch::Tensor& invstd) {
-    ctx->save_for_backward({dy, x, gamma, mean, invstd});
+    // Σ dy x̂ and Σ dy per channel, as the weight and bias gradients of the batch norm.
+    const auto sums = torch::native_batch_norm_backward(dy, x, gamma, {}, {}, mean, invstd,
+                                                        /*train=*/true, /*eps=*/0.0,
+                                                        {false, true, true});
+    ctx->save_for_backward({dy, x, gamma, dx, mean, invstd, std::get<1>(sums), std::get<2>(sums)});
     return dx.detach();
   }
 
+  /// The derivative with respect to `dy`, `x` and `γ` (the statistics are functions of `x`,
+  /// accounted for in the closed form, and get no gradient of their own).
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const auto& dy = saved[0];
-    const auto& x = saved[1];
-    const auto& gamma = saved[2];
-    const auto& g_bar = grads[0];
-    // Per-channel shapes broadcast along dimension 1 of x.
-    std::vector<int64_t> shape(static_cast<size_t>(x.dim()), 1);
+    const auto &dy = saved[0], &x = saved[1], &gamma = saved[2], &dx = saved[3];
+    const auto &mean = saved[4], &invstd = saved[5];
+    const auto g_bar = grads[0].contiguous(x.suggest_memory_format());
+    std::vector<int64_t> shape(static_cast<size_t>(x.dim()), 1), reduce;
     shape[1] = x.size(1);
-    std::vector<int64_t> reduce;
     for (int64_t d = 0; d < x.dim(); ++d)
       if (d != 1) reduce.push_back(d);
-    const auto r = saved[4].view(shape);
-    const auto z = (x - saved[3].view(shape)) * r;
-    const auto gm = gamma.defined() ? gamma.view(shape) : torch::ones_like(r);
-    auto mean_of = [&](const torch::Tensor& t) { return t.mean(reduce, /*keepdim=*/true); };
-    const auto mean_g = mean_of(g_bar);
-    const auto mean_gz = mean_of(g_bar * z);
-    const auto mean_gdy = mean_of(g_bar * dy);
-    const auto mean_dy = mean_of(dy);
-    const auto c = mean_of(dy * z);
-    // K: the derivative of L with respect to r, divided by γ·m.
-    const auto k = mean_gdy - mean_dy * mean_g - c * mean_gz;
-    const auto a = gm * r;
-    // d̄y = γ r (ḡ − mean(ḡ) − x̂ mean(ḡ x̂))
-    const auto dy_bar = a * (g_bar - mean_g - z * mean_gz);
-    // x̄ = γ r² (−c ḡ − mean(ḡx̂) dy + c mean(ḡ) + mean(ḡx̂) mean(dy) + (2 c mean(ḡx̂) − K) x̂)
-    const auto a2 = a * r;
-    const auto x_bar = a2 * (c * mean_g + mean_gz * mean_dy - c * g_bar - mean_gz * dy +
-                             (2 * c * mean_gz - k) * z);
-    torch::Tensor gamma_bar;
-    if (gamma.defined()) {
-      const double m = static_cast<double>(x.numel() / x.size(1));
-      gamma_bar = (r * k * m).view({-1});
-    }
+    const double m = static_cast<double>(x.numel() / x.size(1));
+    const auto mu = mean.view(shape), r = invstd.view(shape);
+    const auto gm = gamma.view(shape);
+    // d̄y = γ r P(ḡ), with Σ ḡ x̂ and Σ ḡ, in one fused kernel.
+    const auto [dy_bar, sum_gz, sum_g] = torch::native_batch_norm_backward(
+        g_bar, x, gamma, /*running_mean=*/{}, /*running_var=*/{}, mean, invstd, /*train=*/true,
+        /*eps=*/0.0, {true, true, true});
+    const auto mean_gz = sum_gz.view(shape) / m, mean_g = sum_g.view(shape) / m;
+    const auto c = saved[6].view(shape) / m, mean_dy = saved[7].view(shape) / m;
+    const auto k = (g_bar * dy).mean(reduce, /*keepdim=*/true) - mean_dy * mean_g - c * mean_gz;
+    // x̄ = −r c d̄y − r mean(ḡx̂) dx − γ r³ K (x − μ)
+    const auto z_coefficient = gm * r * r * r * k;
+    auto x_bar = torch::addcmul(z_coefficient * mu, dy_bar, -r * c);
+    x_bar.addcmul_(dx, -r * mean_gz);
+    x_bar.addcmul_(x, -z_coefficient);
+    const auto gamma_bar = (r * k * m).view({-1});
     return {dy_bar, x_bar, gamma_bar, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
@@ -90,7 +94,10 @@ class BatchNormInputGradientHook final : public torch::autograd::FunctionPostHoo
       return grad_inputs;
     const auto self = node_->shared_from_this();
     const auto x = node_->input_.unpack();
-    const auto gamma = node_->weight_.unpack();
+    // A batch norm without affine weight acts as γ = 1 (LibTorch's kernels want a weight to
+    // return the per-channel sums).
+    auto gamma = node_->weight_.unpack();
+    if (!gamma.defined()) gamma = torch::ones({x.size(1)}, x.options());
     const auto mean = node_->result1_.unpack(self).detach();
     const auto invstd = node_->result2_.unpack(self).detach();
     auto result = grad_inputs;
