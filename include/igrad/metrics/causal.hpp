@@ -186,6 +186,7 @@ inline torch::Tensor chunked_probabilities(const AnyModel& model, const torch::T
 inline CausalCurves causal_curves(const AnyModel& model, const torch::Tensor& x,
                                   const torch::Tensor& maps, const torch::Tensor& classes,
                                   CausalMetric metric, const CausalOptions& options = {}) {
+  torch::NoGradGuard no_grad;
   detail::require_images(x);
   const auto m = detail::checked_maps(maps, x);
   const int64_t n_images = x.size(0), h = x.size(2), w = x.size(3), pixels = h * w;
@@ -199,7 +200,6 @@ inline CausalCurves causal_curves(const AnyModel& model, const torch::Tensor& x,
   const int64_t points = steps + 1;
 
   TrainingModeGuard eval_mode(model, false);
-  torch::NoGradGuard no_grad;
   const auto device = x.device();
   const auto long_options = torch::TensorOptions().dtype(torch::kLong).device(device);
 

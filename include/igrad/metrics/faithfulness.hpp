@@ -45,10 +45,10 @@ inline FaithfulnessScores faithfulness_scores(const AnyModel& model, const torch
                                               const torch::Tensor& maps,
                                               const torch::Tensor& classes,
                                               const MaskingOptions& options = {}) {
+  torch::NoGradGuard no_grad;  // before masking: maps that carry a graph must not extend it
   detail::require_images(x);
   const auto masked_images = mask_images(x, maps, options.normalization());
   TrainingModeGuard eval_mode(model, false);
-  torch::NoGradGuard no_grad;
   const auto probabilities = detail::class_probabilities(model, x);
   const auto c = detail::chosen_classes(probabilities, classes, options.target());
   const auto masked_probabilities = detail::class_probabilities(model, masked_images);
