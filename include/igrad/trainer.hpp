@@ -3,6 +3,7 @@
 /// @brief The interpretable-gradient Trainer (seed paper, Algorithm 1; SPEC §2).
 
 #include <igrad/callbacks/callback.hpp>
+#include <igrad/cam/explain.hpp>
 #include <igrad/detail/tensor_checks.hpp>
 #include <igrad/errors/error_functions.hpp>
 #include <igrad/exceptions.hpp>
@@ -52,24 +53,30 @@ struct RegularisedLoss {
 ///
 /// @tparam E the error function (`ErrorFunction`), e.g. `CosineError`.
 /// @tparam R the teacher's backprop rule (`BackpropRule`), e.g. `GuidedReLU`.
+/// @tparam C the CAM method (`CamMethod`) that reports interpretability during `fit`: after
+///   `held_out(x, targets)`, each epoch's log gets `cam_mean` and `cam_top20_mass` of C's maps
+///   on that batch (see `MapStatistics`), before the callbacks' `on_epoch_end` run.
 ///
 /// The model and the optimizer must outlive the trainer. Everything runs on the model's device.
-template <ErrorFunction E = CosineError, BackpropRule R = GuidedReLU>
+template <ErrorFunction E = CosineError, BackpropRule R = GuidedReLU, CamMethod C = GradCam>
 class Trainer {
  public:
   /// The error function type.
   using error_function = E;
   /// The teacher's backprop rule.
   using backprop_rule = R;
+  /// The CAM method that reports interpretability.
+  using cam_method_type = C;
 
   /// @brief A trainer for `model`, updating its parameters with `optimizer`.
   Trainer(AnyModel model, torch::optim::Optimizer& optimizer, TrainerOptions options = {},
-          E error = E(), R rule = R())
+          E error = E(), R rule = R(), C cam = C())
       : model_(std::move(model)),
         optimizer_(&optimizer),
         options_(options),
         error_(std::move(error)),
-        rule_(std::move(rule)) {
+        rule_(std::move(rule)),
+        cam_(std::move(cam)) {
     detail::require(std::isfinite(options_.lambda()) && options_.lambda() >= 0,
                     "TrainerOptions::lambda is {}; expected a finite value >= 0",
                     options_.lambda());
@@ -87,6 +94,26 @@ class Trainer {
   const E& error_function_policy() const { return error_; }
   /// @brief The teacher's backprop rule.
   const R& rule() const { return rule_; }
+  /// @brief The CAM method.
+  const C& cam_method() const { return cam_; }
+  /// @brief Reports the CAM statistics of `inputs` `[N, C, H, W]` (targets `[N]`, or the
+  /// predicted classes when undefined) in each epoch's `EpochLog::metrics` during `fit`:
+  /// `cam_mean` and `cam_top20_mass`, computed with the CAM method C in evaluation mode.
+  /// Returns the trainer for chaining.
+  Trainer& held_out(torch::Tensor inputs, torch::Tensor targets = {}, CamOptions options = {}) {
+    detail::require(inputs.defined() && inputs.dim() == 4 && inputs.size(0) > 0,
+                    "held-out inputs have shape {}; expected [N, C, H, W]",
+                    detail::shape_string(inputs));
+    held_out_inputs_ = std::move(inputs);
+    held_out_targets_ = std::move(targets);
+    held_out_options_ = std::move(options);
+    return *this;
+  }
+  /// @brief Maps of the CAM method C for a batch (`explain<C>` with the trainer's policy).
+  torch::Tensor explain(const torch::Tensor& x, const torch::Tensor& targets = {},
+                        const CamOptions& options = {}) const {
+    return igrad::explain<C>(model_, x, targets, options, cam_);
+  }
   /// @brief The model handle.
   const AnyModel& model() const { return model_; }
   /// @brief The optimizer.
@@ -191,6 +218,9 @@ class Trainer {
       log.samples = static_cast<int64_t>(weight);
       log.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       state.batches_per_epoch = state.batch;
+      if (held_out_inputs_.defined())
+        add_cam_statistics<C>(log.metrics, model_, held_out_inputs_, held_out_targets_,
+                              held_out_options_, cam_);
       if (detail::run_callbacks_epoch_end(state, log, callbacks...)) stop = true;
       logs.push_back(log);
       first_epoch_ = epoch + 1;
@@ -303,6 +333,9 @@ class Trainer {
   TrainerOptions options_;
   E error_;
   R rule_;
+  C cam_;
+  torch::Tensor held_out_inputs_, held_out_targets_;
+  CamOptions held_out_options_;
   int64_t steps_ = 0;
   int64_t first_epoch_ = 0;
 };

@@ -1,0 +1,10 @@
+#pragma once
+/// @file cam.hpp
+/// @brief Sub-umbrella: the CAM family (SPEC §4) — `CamMethod`, the fourteen shipped methods,
+/// `explain` / `explain_raw`, `normalize_cam`, map statistics.
+
+#include <igrad/cam/cam_method.hpp>
+#include <igrad/cam/explain.hpp>
+#include <igrad/cam/gradient_free_methods.hpp>
+#include <igrad/cam/gradient_methods.hpp>
+#include <igrad/cam/guided_grad_cam.hpp>

@@ -1,0 +1,337 @@
+#pragma once
+/// @file cam/cam_method.hpp
+/// @brief The `CamMethod` concept, the options and request every CAM method receives, the
+/// post-processing of SPEC §4, and the building blocks methods are written from.
+///
+/// A CAM method is a small policy type: given a `CamRequest` (the model in evaluation mode, the
+/// input batch, one target class per sample and the options) it returns the map *before*
+/// post-processing, `[N, h, w]`. `igrad::explain<C>` does everything around it — validation,
+/// evaluation mode, default targets, device and dtype, ReLU, min–max scaling and upsampling — so
+/// that every method is called the same way and batches give the same maps as single images.
+
+#include <igrad/detail/tensor_checks.hpp>
+#include <igrad/exceptions.hpp>
+#include <igrad/model.hpp>
+#include <igrad/rules/backprop_rules.hpp>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/arg.h>
+#include <torch/torch.h>
+
+#include <concepts>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <utility>
+
+namespace igrad {
+
+/// @defgroup cam_group Class activation maps
+/// @brief The CAM family (SPEC §4): methods, options, post-processing and `explain`.
+/// @{
+
+/// @brief Which class score the masked forward passes of Score-CAM, SS-CAM and IS-CAM compare.
+enum class CamScore {
+  probability,  ///< softmax probability `P(c | x)` (Score-CAM paper; igrad's default)
+  logit,        ///< the logit `y^c` (the seed paper's eq. (6))
+};
+
+/// @brief Which Score-CAM convention to compute.
+enum class ScoreCamConvention {
+  /// SPEC §4: masks upsampled with `align_corners = false`, `a_k = s_c(x ∘ M_k) − s_c(0)`.
+  igrad,
+  /// pytorch-grad-cam's ScoreCAM: masks upsampled with `align_corners = true`, weights
+  /// `softmax_k` of the masked logits, no baseline (`CamOptions::score` is then ignored).
+  pytorch_grad_cam,
+};
+
+/// @brief Hyper-parameters of the CAM methods, with chained setters:
+/// `CamOptions().batch_size(64).seed(3)`. Each method reads the fields it needs.
+struct CamOptions {
+  /// Number of masked (or ablated) inputs per forward pass of Score-CAM, SS-CAM, IS-CAM,
+  /// Ablation-CAM and the CAM head probe, and images per optimisation batch of Opti-CAM. Bounds
+  /// their memory: jobs are batched across channels and images together.
+  TORCH_ARG(int64_t, batch_size) = 32;
+  /// Called as `progress(done, total)` after each batch of masked forward passes.
+  TORCH_ARG(std::function<void(int64_t, int64_t)>, progress) = nullptr;
+  /// Score of the masked forward passes (Score-CAM, SS-CAM, IS-CAM).
+  TORCH_ARG(CamScore, score) = CamScore::probability;
+  /// Score-CAM convention (SPEC §4); the other methods ignore it.
+  TORCH_ARG(ScoreCamConvention, score_cam_convention) = ScoreCamConvention::igrad;
+  /// Seed of the noise of SmoothGrad-CAM++ and SS-CAM when no `generator` is given. The global
+  /// RNG is never used, so results do not depend on what ran before.
+  TORCH_ARG(uint64_t, seed) = 0;
+  /// A CPU generator to draw the noise from instead of `seed` (it advances).
+  TORCH_ARG(c10::optional<torch::Generator>, generator) = c10::nullopt;
+  /// SmoothGrad-CAM++: number m of noisy copies (Omeiza et al. 2019: 8).
+  TORCH_ARG(int64_t, smooth_samples) = 8;
+  /// SmoothGrad-CAM++: noise σ as a fraction of each image's range, `σ = level (max x − min x)`.
+  TORCH_ARG(double, noise_level) = 0.15;
+  /// SS-CAM: noisy masks per channel. 35 as in torch-cam's SSCAM (Wang et al. 2020b's code).
+  TORCH_ARG(int64_t, sscam_samples) = 35;
+  /// SS-CAM: standard deviation of the Gaussian noise added to each [0,1] mask (torch-cam: 2.0).
+  TORCH_ARG(double, sscam_sigma) = 2.0;
+  /// IS-CAM: number m of mask scales `j/m`, j = 1..m (Naidu et al. 2020's code: 10).
+  TORCH_ARG(int64_t, iscam_steps) = 10;
+  /// Opti-CAM: Adam steps per image (Zhang et al. 2024: 50).
+  TORCH_ARG(int64_t, opticam_steps) = 50;
+  /// Opti-CAM: Adam learning rate (Zhang et al. 2024: 0.1).
+  TORCH_ARG(double, opticam_learning_rate) = 0.1;
+};
+
+/// @brief What a CAM method receives: the model in evaluation mode, the batch on the model's
+/// device and dtype (detached), one target class per sample, and the options.
+struct CamRequest {
+  AnyModel model;         ///< the model, in evaluation mode for the duration of the call
+  torch::Tensor input;    ///< x `[N, C, H, W]`, detached, on the model's device and dtype
+  torch::Tensor targets;  ///< class indices `[N]` (long), on the model's device
+  CamOptions options;     ///< the caller's options
+};
+
+/// @brief A CAM method: maps a `CamRequest` to the map before post-processing.
+///
+/// Requirements, for a type `C`:
+/// - default-constructible and copyable (a stateful method is passed by value to `explain`);
+/// - `C::name`, a `static constexpr const char*` naming it in figures and tables;
+/// - a const call operator `torch::Tensor operator()(const CamRequest&) const` returning the map
+///   `[N, h, w]` before ReLU and scaling (feature resolution for most methods; any resolution is
+///   accepted, `explain` upsamples to the input's).
+///
+/// Models igrad ships: `Cam`, `GradCam`, `GradCamPlusPlus`, `SmoothGradCamPlusPlus`, `ScoreCam`,
+/// `SSCam`, `ISCam`, `XGradCam`, `LayerCam`, `HiResCam`, `EigenCam`, `AblationCam`, `OptiCam`,
+/// `GuidedGradCam` (listed in `all_cam_methods`). A method of your own, built from
+/// `feature_gradients` and `weighted_feature_sum`:
+/// @code
+/// struct MaxGradCam {  // weights = the largest gradient of each channel
+///   static constexpr const char* name = "MaxGradCam";
+///   torch::Tensor operator()(const igrad::CamRequest& r) const {
+///     const auto fg = igrad::feature_gradients(r);
+///     return igrad::weighted_feature_sum(fg.gradients.amax({2, 3}), fg.activations);
+///   }
+/// };
+/// auto maps = igrad::explain<MaxGradCam>(model, x);  // [N, H, W] in [0, 1]
+/// @endcode
+template <class C>
+concept CamMethod = std::default_initializable<C> && std::copy_constructible<C> &&
+    requires(const C& method, const CamRequest& request) {
+      { C::name } -> std::convertible_to<const char*>;
+      { method(request) } -> std::convertible_to<torch::Tensor>;
+    };
+
+/// @brief The feature map, its gradient and the target scores of a batch (SPEC §4).
+struct FeatureGradients {
+  torch::Tensor activations;  ///< A `[N, K, h, w]`, detached
+  torch::Tensor gradients;    ///< g = ∂y^c/∂A `[N, K, h, w]` (standard rule), detached
+  torch::Tensor scores;       ///< y^c `[N]`, the target logits, detached
+};
+
+/// @}
+
+namespace detail {
+
+/// Runs `f()` (a forward, features or head call); a LibTorch error becomes `InvalidArgument`
+/// naming the shape the model rejected.
+template <class F>
+torch::Tensor call_model(F&& f, std::string_view what, const torch::Tensor& argument) {
+  try {
+    return std::forward<F>(f)();
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw InvalidArgument(fmt::format(
+        "the model's {} rejected a tensor of shape {}; expected the input size the model was "
+        "built for. LibTorch said: {}",
+        what, shape_string(argument), first_line(e.what())));
+  }
+}
+
+/// Logits `[N, K]` of a batch, checked.
+inline torch::Tensor checked_forward(const AnyModel& model, const torch::Tensor& x) {
+  auto logits = call_model([&] { return model.forward(x); }, "forward", x);
+  require(logits.dim() == 2 && logits.size(0) == x.size(0),
+          "model output has shape {}; expected logits [{}, K]", shape_string(logits), x.size(0));
+  return logits;
+}
+
+/// Feature map `[N, K, h, w]` of a batch, checked (SPEC §4 needs a 4-D feature map).
+inline torch::Tensor checked_features(const AnyModel& model, const torch::Tensor& x) {
+  auto a = call_model([&] { return model.features(x); }, "features", x);
+  require(a.dim() == 4 && a.size(0) == x.size(0),
+          "the model's features(x) has shape {} for an input of shape {}; expected a 4-D feature "
+          "map [N, K, h, w] (class activation maps weight its K channels)",
+          shape_string(a), shape_string(x));
+  return a;
+}
+
+/// Logits `[N, K]` from a feature map, checked.
+inline torch::Tensor checked_head(const AnyModel& model, const torch::Tensor& a) {
+  auto logits = call_model([&] { return model.head(a); }, "head", a);
+  require(logits.dim() == 2 && logits.size(0) == a.size(0),
+          "the model's head(a) has shape {}; expected logits [{}, K]", shape_string(logits),
+          a.size(0));
+  return logits;
+}
+
+/// `logits[i, targets[i]]` for each row.
+inline torch::Tensor gather_targets(const torch::Tensor& logits, const torch::Tensor& targets) {
+  return logits.gather(1, targets.view({-1, 1})).view({-1});
+}
+
+/// A batch, its targets and its class count, validated and moved to the model's device and dtype.
+struct PreparedBatch {
+  torch::Tensor input;    ///< detached, on the model's device and dtype
+  torch::Tensor targets;  ///< long [N] on the model's device
+  int64_t classes = 0;    ///< K
+};
+
+/// Validates `x` and `targets` (the predicted classes when undefined). The caller has already
+/// switched the model to evaluation mode, so the default targets are the eval-mode predictions.
+inline PreparedBatch prepare_batch(const AnyModel& model, const torch::Tensor& x,
+                                   const torch::Tensor& targets, bool require_image,
+                                   std::string_view method) {
+  if (require_image) {
+    require(x.defined() && x.dim() == 4, "{}: input has shape {}; expected images [N, C, H, W]",
+            method, shape_string(x));
+  } else {
+    require(x.defined() && x.dim() >= 2, "{}: input has shape {}; expected a batch [N, ...]",
+            method, shape_string(x));
+  }
+  require(x.size(0) > 0, "{}: input batch is empty; expected at least one sample", method);
+  require(x.is_floating_point(), "{}: input has dtype {}; expected a floating-point tensor",
+          method, std::string(c10::toString(x.scalar_type())));
+  require_finite(x, "input");
+  PreparedBatch batch;
+  batch.input = x.detach().to(model.device(), model.dtype());
+  torch::Tensor logits;
+  {
+    torch::NoGradGuard no_grad;
+    logits = checked_forward(model, batch.input);
+  }
+  batch.classes = logits.size(1);
+  if (!targets.defined()) {
+    batch.targets = logits.argmax(1);
+  } else {
+    require_labels(targets, x.size(0), batch.classes);
+    batch.targets = targets.to(batch.input.device(), torch::kLong);
+  }
+  return batch;
+}
+
+/// The CPU generator a noisy method draws from: the options' own or a fresh one from the seed.
+inline torch::Generator noise_generator(const c10::optional<torch::Generator>& given,
+                                        uint64_t seed) {
+  if (given.has_value()) {
+    require(given->device().is_cpu(),
+            "the noise generator is on {}; expected a CPU generator (noise is drawn on the CPU so "
+            "that results do not depend on the device)",
+            given->device().str());
+    return *given;
+  }
+  return at::make_generator<at::CPUGeneratorImpl>(seed);
+}
+
+/// Standard normal noise drawn on the CPU from `generator`, then moved to `like`'s device/dtype.
+inline torch::Tensor standard_normal(torch::Generator& generator, at::IntArrayRef shape,
+                                     const torch::Tensor& like) {
+  return torch::randn(shape, generator, torch::dtype(torch::kFloat))
+      .to(like.device(), like.scalar_type());
+}
+
+/// `(m − min)/(max − min + 1e-7)` per leading index (SPEC §4); an all-zero map stays zero.
+inline torch::Tensor min_max_per_sample(const torch::Tensor& maps) {
+  const auto flat = maps.flatten(1);
+  const auto low = std::get<0>(flat.min(1, /*keepdim=*/true));
+  const auto high = std::get<0>(flat.max(1, /*keepdim=*/true));
+  return ((flat - low) / (high - low + 1e-7)).view(maps.sizes());
+}
+
+/// Bilinear resize of `[N, h, w]` maps to `[N, height, width]`.
+inline torch::Tensor resize_maps(const torch::Tensor& maps, int64_t height, int64_t width,
+                                 bool align_corners = false) {
+  namespace F = torch::nn::functional;
+  if (maps.size(1) == height && maps.size(2) == width) return maps;
+  return F::interpolate(maps.unsqueeze(1), F::InterpolateFuncOptions()
+                                               .size(std::vector<int64_t>{height, width})
+                                               .mode(torch::kBilinear)
+                                               .align_corners(align_corners))
+      .squeeze(1);
+}
+
+/// Checks a method's result: `[N, h, w]`, finite.
+inline void require_raw_map(const torch::Tensor& raw, int64_t n, std::string_view method) {
+  require<GraphError>(raw.defined() && raw.dim() == 3 && raw.size(0) == n,
+                      "{} returned a map of shape {}; expected [{}, h, w]", method,
+                      shape_string(raw), n);
+  require<NumericalError>(all_finite(raw), "{} produced a non-finite map; expected finite values",
+                          method);
+}
+
+/// Runs `total` jobs in batches of `batch_size`: `run(start, end)` handles jobs [start, end);
+/// the progress callback hears about each batch.
+template <class Run>
+void run_in_batches(int64_t total, const CamOptions& options, Run&& run) {
+  require(options.batch_size() > 0, "CamOptions::batch_size is {}; expected at least 1",
+          options.batch_size());
+  for (int64_t start = 0; start < total; start += options.batch_size()) {
+    const int64_t end = std::min(total, start + options.batch_size());
+    run(start, end);
+    if (options.progress()) options.progress()(end, total);
+  }
+}
+
+/// The score `s_c` of masked forward passes: probability or logit of each row's target.
+inline torch::Tensor class_score(const torch::Tensor& logits, const torch::Tensor& targets,
+                                 CamScore score) {
+  return score == CamScore::probability ? gather_targets(logits.softmax(1), targets)
+                                        : gather_targets(logits, targets);
+}
+
+}  // namespace detail
+
+/// @addtogroup cam_group
+/// @{
+
+/// @brief SPEC §4's post-processing of raw maps `[N, h, w]`: ReLU → per-image min–max
+/// `(m − min)/(max − min + 1e-7)` → bilinear upsampling to `height × width`
+/// (`align_corners = false`) → per-image min–max again. Result in [0, 1]; an all-zero map stays
+/// zero (never NaN).
+inline torch::Tensor normalize_cam(const torch::Tensor& raw, int64_t height, int64_t width) {
+  detail::require(raw.defined() && raw.dim() == 3, "maps have shape {}; expected [N, h, w]",
+                  detail::shape_string(raw));
+  detail::require(height > 0 && width > 0, "target size {}x{}; expected positive sizes", height,
+                  width);
+  const auto scaled = detail::min_max_per_sample(torch::relu(raw));
+  return detail::min_max_per_sample(detail::resize_maps(scaled, height, width));
+}
+
+/// @brief The feature map `A`, the gradient `g = ∂y^c/∂A` of each sample's target logit, and the
+/// target logits, for an input batch (default: the request's input).
+///
+/// The gradient is taken with `torch::autograd::grad` with respect to a detached copy of `A`
+/// only, so the parameters' `.grad` are never touched, and since the model is in evaluation mode
+/// each sample's gradient depends on that sample alone.
+inline FeatureGradients feature_gradients(const CamRequest& request,
+                                          const torch::Tensor& input = {}) {
+  torch::AutoGradMode enable_grad(true);
+  const auto& x = input.defined() ? input : request.input;
+  torch::Tensor activations;
+  {
+    torch::NoGradGuard no_grad;  // the gradient stops at A: no graph through the features
+    activations = detail::checked_features(request.model, x);
+  }
+  activations = activations.detach().requires_grad_(true);
+  const auto logits = detail::checked_head(request.model, activations);
+  const auto scores = detail::gather_targets(logits, request.targets);
+  auto gradient = igrad::gradient<StandardReLU>({scores.sum()}, {activations})[0];
+  return {activations.detach(), gradient.detach(), scores.detach()};
+}
+
+/// @brief `Σ_k weights[n, k] · A[n, k]`: a map `[N, h, w]` from channel weights `[N, K]`.
+inline torch::Tensor weighted_feature_sum(const torch::Tensor& weights,
+                                          const torch::Tensor& activations) {
+  return (weights.view({weights.size(0), weights.size(1), 1, 1}) * activations).sum(1);
+}
+
+/// @}
+}  // namespace igrad

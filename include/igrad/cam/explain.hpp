@@ -1,0 +1,117 @@
+#pragma once
+/// @file cam/explain.hpp
+/// @brief `igrad::explain<C>` and `igrad::explain_raw<C>`: one calling convention for every CAM
+/// method, the list of shipped methods, and summary statistics of maps.
+
+#include <igrad/cam/cam_method.hpp>
+#include <igrad/cam/gradient_free_methods.hpp>
+#include <igrad/cam/gradient_methods.hpp>
+#include <igrad/cam/guided_grad_cam.hpp>
+
+#include <boost/hana.hpp>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <map>
+#include <string>
+
+namespace igrad {
+
+/// @addtogroup cam_group
+/// @{
+
+/// @brief The raw map of method `C` for a batch: `[N, h, w]` after ReLU, before any scaling
+/// (feature resolution; input resolution for `GuidedGradCam`), on the input's device and dtype.
+///
+/// `model` is an `AnyModel` (any `FeatureClassifier` converts implicitly) with a features/head
+/// split. `x` is `[N, C, H, W]`; `targets` are `[N]` class indices, the model's predictions when
+/// undefined; the class score is the logit. The model runs in evaluation mode for the call and
+/// returns to its previous mode (so a batch gives the same maps as its images one by one);
+/// no parameter's `.grad` is touched, and the result holds no autograd graph.
+///
+/// Throws `InvalidArgument` for a malformed input, targets out of range, a 3-D feature map, or an
+/// input size the model rejects; `GraphError` for a model without a features/head split (or, for
+/// `Cam`, a head that is not GAP + Linear).
+template <CamMethod C>
+torch::Tensor explain_raw(const AnyModel& model, const torch::Tensor& x,
+                          const torch::Tensor& targets = {}, const CamOptions& options = {},
+                          const C& method = C()) {
+  detail::require<GraphError>(model.has_feature_split(),
+                              "{} needs a model with a features/head split; expected "
+                              "features(x) and head(a) (see igrad::FeatureClassifier)",
+                              C::name);
+  TrainingModeGuard evaluation(model, false);
+  const auto batch = detail::prepare_batch(model, x, targets, /*require_image=*/true, C::name);
+  const CamRequest request{model, batch.input, batch.targets, options};
+  torch::Tensor raw = method(request);
+  detail::require_raw_map(raw, x.size(0), C::name);
+  return torch::relu(raw.detach()).to(x.device(), x.scalar_type());
+}
+
+/// @brief Saliency maps of method `C` for a batch: `[N, H, W]` in [0, 1] on the input's device
+/// and dtype, post-processed as SPEC §4 (see `normalize_cam`).
+///
+/// Same arguments, guarantees and errors as `explain_raw`:
+/// @code
+/// auto maps = igrad::explain<igrad::GradCamPlusPlus>(model, images);          // predicted classes
+/// auto score = igrad::explain<igrad::ScoreCam>(model, images, labels,
+///                                              igrad::CamOptions().batch_size(128));
+/// @endcode
+template <CamMethod C>
+torch::Tensor explain(const AnyModel& model, const torch::Tensor& x,
+                      const torch::Tensor& targets = {}, const CamOptions& options = {},
+                      const C& method = C()) {
+  const auto raw = explain_raw<C>(model, x, targets, options, method);
+  return normalize_cam(raw, x.size(2), x.size(3));
+}
+
+/// @brief The fourteen CAM methods igrad ships, as a Hana type list (for ablations, figures and
+/// conformance tests): `boost::hana::for_each(igrad::all_cam_methods, [&](auto t) { using C =
+/// typename decltype(t)::type; ... })`.
+inline constexpr auto all_cam_methods =
+    boost::hana::tuple_t<Cam, GradCam, GradCamPlusPlus, SmoothGradCamPlusPlus, ScoreCam, SSCam,
+                         ISCam, XGradCam, LayerCam, HiResCam, EigenCam, AblationCam, OptiCam,
+                         GuidedGradCam>;
+
+/// @brief Summary statistics of a batch of maps `[N, H, W]` in [0, 1].
+struct MapStatistics {
+  /// Mean map value over all pixels and images: how much of the image a map highlights.
+  double mean = 0;
+  /// Fraction of each map's mass (sum of values) held by its top `top_fraction` of pixels,
+  /// averaged over images: 1 for a concentrated map, `top_fraction` for a flat one. An all-zero
+  /// map has no mass and counts as 0.
+  double top_mass = 0;
+};
+
+/// @brief `MapStatistics` of maps `[N, H, W]`; `top_fraction` in (0, 1] (default: top 20 %).
+inline MapStatistics map_statistics(const torch::Tensor& maps, double top_fraction = 0.2) {
+  detail::require(maps.defined() && maps.dim() == 3 && maps.size(0) > 0,
+                  "maps have shape {}; expected [N, H, W] with N >= 1", detail::shape_string(maps));
+  detail::require(top_fraction > 0 && top_fraction <= 1,
+                  "top_fraction is {}; expected a value in (0, 1]", top_fraction);
+  torch::NoGradGuard no_grad;
+  const auto flat = maps.detach().flatten(1).to(torch::kDouble);
+  const int64_t pixels = flat.size(1);
+  const int64_t top = std::max<int64_t>(
+      1, static_cast<int64_t>(std::llround(top_fraction * static_cast<double>(pixels))));
+  const auto mass = flat.sum(1);
+  const auto top_sum = std::get<0>(flat.topk(top, 1)).sum(1);
+  const auto share = torch::where(mass > 0, top_sum / mass.clamp_min(1e-300),
+                                  torch::zeros_like(mass));
+  return {flat.mean().item<double>(), share.mean().item<double>()};
+}
+
+/// @brief Computes maps with method `C` on a batch and adds their statistics to `metrics`:
+/// `cam_mean` and `cam_top20_mass` (see `MapStatistics`). Used by `Trainer::held_out` and
+/// `ExplanationMonitor`; the model's mode and gradients are left as they were.
+template <CamMethod C>
+void add_cam_statistics(std::map<std::string, double>& metrics, const AnyModel& model,
+                        const torch::Tensor& x, const torch::Tensor& targets,
+                        const CamOptions& options = {}, const C& method = C()) {
+  const auto statistics = map_statistics(explain<C>(model, x, targets, options, method), 0.2);
+  metrics["cam_mean"] = statistics.mean;
+  metrics["cam_top20_mass"] = statistics.top_mass;
+}
+
+/// @}
+}  // namespace igrad

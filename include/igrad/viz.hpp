@@ -1,0 +1,6 @@
+#pragma once
+/// @file viz.hpp
+/// @brief Sub-umbrella: pictures of explanations — colormaps, overlays, grids, PNG output.
+
+#include <igrad/viz/colormap.hpp>
+#include <igrad/viz/figure.hpp>

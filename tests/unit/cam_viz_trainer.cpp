@@ -1,0 +1,163 @@
+// Pictures (colormaps, overlays, PNG grids read back with stb_image) and the CAM method as the
+// Trainer's third policy: statistics in EpochLog::metrics, through the Trainer and the callback.
+#include "test_support.hpp"
+
+#include <igrad/callbacks/explanation_monitor.hpp>
+#include <igrad/cam.hpp>
+#include <igrad/viz.hpp>
+
+#include <stb/stb_image.h>
+
+#include <filesystem>
+#include <memory>
+
+using namespace igrad_test;
+namespace fs = std::filesystem;
+
+namespace {
+
+/// conv3x3(1→4) → ReLU → max-pool 2 = features; head = GAP → Linear(4, 3).
+struct GapNetImpl : torch::nn::Module {
+  GapNetImpl() {
+    conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 4, 3).padding(1)));
+    fc = register_module("fc", torch::nn::Linear(4, 3));
+  }
+  torch::Tensor features(torch::Tensor x) { return torch::max_pool2d(torch::relu(conv(x)), 2); }
+  torch::Tensor head(torch::Tensor a) { return fc(a.mean({2, 3})); }
+  torch::Tensor forward(torch::Tensor x) { return head(features(x)); }
+  torch::nn::Conv2d conv{nullptr};
+  torch::nn::Linear fc{nullptr};
+};
+TORCH_MODULE(GapNet);
+
+struct ToyDataset : torch::data::datasets::Dataset<ToyDataset> {
+  torch::Tensor images, labels;
+  explicit ToyDataset(int64_t n) {
+    torch::manual_seed(11);
+    images = torch::randn({n, 1, 8, 8});
+    labels = torch::randint(0, 3, {n}, torch::kLong);
+  }
+  torch::data::Example<> get(size_t i) override {
+    return {images[static_cast<int64_t>(i)], labels[static_cast<int64_t>(i)]};
+  }
+  torch::optional<size_t> size() const override { return images.size(0); }
+};
+
+std::array<int, 3> pixel(const torch::Tensor& rgb, int64_t row, int64_t column) {
+  return {rgb[row][column][0].item<int>(), rgb[row][column][1].item<int>(), rgb[row][column][2].item<int>()};
+}
+
+}  // namespace
+
+TEST_CASE("viz: viridis matches matplotlib's table at anchors; jet matches its formula by hand") {
+  const auto t = torch::tensor({0.0, 0.25, 0.5, 0.75, 1.0}, torch::kDouble).view({1, 5});
+  const auto viridis = igrad::apply_colormap(t, igrad::Colormap::viridis);
+  CHECK(viridis.sizes() == torch::IntArrayRef({1, 5, 3}));
+  CHECK((viridis.scalar_type() == torch::kUInt8));
+  // matplotlib: viridis(0) = #440154, (0.25) = #3b528b, (0.5) = #21918c, (0.75) = #5ec962, (1) = #fde725.
+  const int expected[5][3] = {{68, 1, 84}, {59, 82, 139}, {33, 145, 140}, {94, 201, 98}, {253, 231, 37}};
+  for (int j = 0; j < 5; ++j)
+    for (int c = 0; c < 3; ++c) {
+      CAPTURE(j);
+      CAPTURE(c);
+      CHECK(std::abs(viridis[0][j][c].item<int>() - expected[j][c]) <= 4);
+    }
+  const auto jet = igrad::apply_colormap(t, igrad::Colormap::jet);
+  // jet(0) = (0, 0, 0.5), jet(0.5) = (0.5, 1, 0.5), jet(1) = (0.5, 0, 0).
+  CHECK(pixel(jet, 0, 0) == std::array<int, 3>{0, 0, 128});
+  CHECK(pixel(jet, 0, 2) == std::array<int, 3>{128, 255, 128});
+  CHECK(pixel(jet, 0, 4) == std::array<int, 3>{128, 0, 0});
+}
+
+TEST_CASE("viz: overlay blends the coloured map over the min-max scaled image") {
+  const auto image = torch::tensor({0.0, 2.0}).view({1, 1, 2});  // displays as black, white
+  const auto map = torch::tensor({0.5, 0.5}).view({1, 2});
+  const auto blended = igrad::overlay(image, map, 0.5, igrad::Colormap::jet);
+  // jet(0.5) = (127.5, 255, 127.5) → 128 (round half to even); half over black (64, 128 from
+  // 127.5) and over white (191.5 → 192).
+  CHECK(pixel(blended, 0, 0) == std::array<int, 3>{64, 128, 64});
+  CHECK(pixel(blended, 0, 1) == std::array<int, 3>{192, 255, 192});
+  CHECK_THROWS_AS(igrad::overlay(image, torch::zeros({2, 2})), igrad::InvalidArgument);
+}
+
+TEST_CASE("viz: a grid written as PNG reads back with its size and known pixels") {
+  const auto images = torch::zeros({2, 1, 4, 5});  // constant images display black
+  auto first = torch::zeros({2, 4, 5});
+  first[0][1][2] = 1.0;  // image 0, method 0: one hot pixel
+  const auto second = torch::ones({2, 4, 5});
+  const auto path = (fs::temp_directory_path() / "igrad_cam_grid_test.png").string();
+  igrad::write_explanation_grid(path, images, {first, second},
+                                igrad::ExplanationGridOptions().alpha(1.0).colormap(igrad::Colormap::jet).padding(3));
+  int width = 0, height = 0, channels = 0;
+  std::unique_ptr<unsigned char, void (*)(void*)> data(stbi_load(path.c_str(), &width, &height, &channels, 3),
+                                                      stbi_image_free);
+  REQUIRE(data != nullptr);
+  // Rows: 2 images × (4 + 3) + 3 = 17; columns: (image + 2 methods) × (5 + 3) + 3 = 27.
+  CHECK(height == 17);
+  CHECK(width == 27);
+  const auto at = [&](int row, int column, int c) { return static_cast<int>(data.get()[(row * width + column) * 3 + c]); };
+  CHECK(at(0, 0, 0) == 255);  // padding is white
+  // Row 0, column 1 (method 0) starts at x = 3 + 8 = 11, y = 3; its pixel (1, 2) is jet(1) = (128, 0, 0).
+  CHECK(at(3 + 1, 11 + 2, 0) == 128);
+  CHECK(at(3 + 1, 11 + 2, 1) == 0);
+  CHECK(at(3 + 1, 11 + 2, 2) == 0);
+  CHECK(at(3, 11, 2) == 128);  // map 0 elsewhere: jet(0) = (0, 0, 128)
+  CHECK(at(3, 3, 0) == 0);     // the image column: black
+  fs::remove(path);
+
+  CHECK_THROWS_WITH_AS(igrad::write_png("/nonexistent-folder/x/grid.png", torch::zeros({2, 2, 3}, torch::kUInt8)),
+                       doctest::Contains("/nonexistent-folder/x/grid.png"), igrad::Error);
+}
+
+TEST_CASE("cam statistics: mean and top-20% mass by hand") {
+  // Five pixels per map: top 20 % = one pixel.
+  const auto maps = torch::tensor({1.0, 0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0},
+                                  torch::kDouble).view({3, 1, 5});
+  const auto s = igrad::map_statistics(maps);
+  CHECK(s.mean == doctest::Approx(3.5 / 15.0));
+  CHECK(s.top_mass == doctest::Approx((1.0 + 0.2 + 0.0) / 3.0));
+}
+
+TEST_CASE("trainer: the CAM method is the third policy and reports cam_mean / cam_top20_mass") {
+  torch::manual_seed(2);
+  GapNet model;
+  torch::optim::SGD optimizer(model->parameters(), 0.05);
+  igrad::Trainer<igrad::CosineError, igrad::GuidedReLU, igrad::GradCam> trainer(
+      model, optimizer, igrad::TrainerOptions().lambda(0.01));
+  static_assert(std::is_same_v<igrad::Trainer<>::cam_method_type, igrad::GradCam>);
+  ToyDataset data(24);
+  const auto held_x = data.images.slice(0, 0, 6).clone();
+  const auto held_t = data.labels.slice(0, 0, 6).clone();
+  trainer.held_out(held_x, held_t);
+  auto loader = torch::data::make_data_loader(
+      ToyDataset(24).map(torch::data::transforms::Stack<>()),
+      torch::data::DataLoaderOptions().batch_size(8));
+  const auto logs = trainer.fit(loader, 2,
+                                igrad::ExplanationMonitor<igrad::ScoreCam>(held_x, held_t));
+  REQUIRE(logs.size() == 2);
+  CHECK(model->is_training());  // fit restores the mode it found (a new module trains)
+  for (const auto& log : logs) {
+    REQUIRE(log.metrics.count("cam_mean") == 1);
+    REQUIRE(log.metrics.count("cam_top20_mass") == 1);
+    CHECK(log.metrics.at("cam_mean") >= 0);
+    CHECK(log.metrics.at("cam_mean") <= 1);
+    CHECK(log.metrics.at("cam_top20_mass") <= 1);
+  }
+  // The monitor ran after the trainer, so the last epoch's figures are Score-CAM's on the final
+  // weights; recompute both independently from the maps.
+  const auto score = igrad::map_statistics(igrad::explain<igrad::ScoreCam>(model, held_x, held_t));
+  CHECK(logs.back().metrics.at("cam_mean") == doctest::Approx(score.mean).epsilon(1e-9));
+  CHECK(logs.back().metrics.at("cam_top20_mass") == doctest::Approx(score.top_mass).epsilon(1e-9));
+
+  // Without the monitor, the trainer's own policy (Grad-CAM) is what is reported.
+  auto again = torch::data::make_data_loader(
+      ToyDataset(24).map(torch::data::transforms::Stack<>()),
+      torch::data::DataLoaderOptions().batch_size(8));
+  trainer.resume_at(0, trainer.steps());
+  const auto grad_logs = trainer.fit(again, 1);
+  const auto grad = igrad::map_statistics(trainer.explain(held_x, held_t));
+  CHECK(grad_logs.back().metrics.at("cam_mean") == doctest::Approx(grad.mean).epsilon(1e-9));
+  CHECK(grad_logs.back().metrics.at("cam_top20_mass") == doctest::Approx(grad.top_mass).epsilon(1e-9));
+  const auto score_now = igrad::map_statistics(igrad::explain<igrad::ScoreCam>(model, held_x, held_t));
+  CHECK(grad.mean != doctest::Approx(score_now.mean));
+}
