@@ -18,7 +18,7 @@ namespace igrad {
 /// @brief The colormaps igrad draws maps with.
 enum class Colormap {
   /// matplotlib's viridis (perceptually uniform, colour-blind safe), as the degree-6 polynomial
-  /// fit of its RGB curves (max error about 1/255 against matplotlib's table).
+  /// fit of its RGB curves (within 4/255 of matplotlib's table; 3/255 off at t = 0).
   viridis,
   /// MATLAB's jet, the piecewise-linear `clamp(1.5 − |4t − k|)` curves (k = 3, 2, 1 for R, G, B),
   /// as in most CAM papers' figures.
