@@ -4,6 +4,7 @@
 
 #include <igrad/callbacks/callback.hpp>
 #include <igrad/cam/explain.hpp>
+#include <igrad/detail/batch_norm_double_backward.hpp>
 #include <igrad/detail/tensor_checks.hpp>
 #include <igrad/errors/error_functions.hpp>
 #include <igrad/exceptions.hpp>
@@ -15,6 +16,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <optional>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -181,6 +183,7 @@ class Trainer {
     detail::require(epochs >= 0, "epochs is {}; expected a count >= 0", epochs);
     TrainerState state{model_, optimizer_, epochs};
     state.global_step = steps_;
+    state.epoch = first_epoch_;  // > 0 when resuming: callbacks such as CsvLogger then append
     TrainingModeGuard mode(model_, true);
     std::vector<EpochLog> logs;
     bool stop = detail::run_callbacks_begin(state, callbacks...);
@@ -298,10 +301,15 @@ class Trainer {
       return l;
     }
     const bool regularise = lambda != 0.0;
-    // Student: differentiable only when it contributes to the update.
-    const auto standard = torch::autograd::grad({l.classification}, {input}, {},
-                                                /*retain_graph=*/true,
-                                                /*create_graph=*/regularise)[0];
+    // Student: differentiable only when it contributes to the update; its batch norms get the
+    // cheaper exact second-order path (detail/batch_norm_double_backward.hpp).
+    torch::Tensor standard;
+    {
+      std::optional<detail::ScopedBatchNormDoubleBackward> fast_batch_norm;
+      if (regularise) fast_batch_norm.emplace(std::vector<torch::Tensor>{l.classification});
+      standard = torch::autograd::grad({l.classification}, {input}, {}, /*retain_graph=*/true,
+                                       /*create_graph=*/regularise)[0];
+    }
     // Teacher: the same gradient under rule R, detached.
     const auto teacher = gradient<R>({l.classification}, {input}, {}, /*retain_graph=*/true,
                                      /*create_graph=*/false, rule_)[0].detach();

@@ -27,13 +27,13 @@ class CsvLogger {
   explicit CsvLogger(std::filesystem::path epoch_path, std::filesystem::path step_path = {})
       : epoch_path_(std::move(epoch_path)), step_path_(std::move(step_path)) {}
 
-  /// @brief Opens the files (truncating them), creating parent directories.
+  /// @brief Opens the files, creating parent directories: truncated for a new run, appended to
+  /// when the trainer resumes (its first epoch is not 0), so a resumed run keeps one log.
   void on_train_begin(TrainerState& state) {
-    open(epochs_, epoch_path_, state.epoch > 0);
-    if (!step_path_.empty()) {
-      open(steps_, step_path_, false);
+    const bool resume = state.epoch > 0;
+    header_written_ = open(epochs_, epoch_path_, resume);
+    if (!step_path_.empty() && !open(steps_, step_path_, resume))
       steps_ << "step,epoch,loss,classification_loss,regulariser_loss,accuracy\n";
-    }
   }
   /// @brief Writes a step row.
   void on_batch_end(TrainerState& state, const StepResult& r) {
@@ -65,11 +65,15 @@ class CsvLogger {
   }
 
  private:
-  static void open(std::ofstream& out, const std::filesystem::path& path, bool) {
+  /// Opens `path` (appending when `append`); true when it already holds a header line.
+  static bool open(std::ofstream& out, const std::filesystem::path& path, bool append) {
     if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
-    out.open(path, std::ios::trunc);
+    const bool has_content = append && std::filesystem::exists(path) &&
+                             std::filesystem::file_size(path) > 0;
+    out.open(path, append ? std::ios::app : std::ios::trunc);
     detail::require<Error>(out.good(), "CsvLogger cannot write '{}'; expected a writable path",
                            path.string());
+    return has_content;
   }
 
   std::filesystem::path epoch_path_, step_path_;
