@@ -4,3 +4,4 @@
 
 #include <igrad/viz/colormap.hpp>
 #include <igrad/viz/figure.hpp>
+#include <igrad/viz/plot.hpp>
