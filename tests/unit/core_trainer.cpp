@@ -366,6 +366,13 @@ TEST_CASE("trainer: checkpoints are atomic and resuming reproduces an uninterrup
   torch::optim::Adam opt_check(check->parameters(), 1e-2);
   CHECK(igrad::load_checkpoint(dir / "run.pt", check, opt_check).next_epoch == 2);
   CHECK_THROWS_AS(igrad::load_checkpoint(dir / "missing.pt", check, opt_check), igrad::DataError);
+  // A checkpoint of another architecture (4 classes) is refused and leaves the model as it was.
+  TinyConv wider(4, true);
+  torch::optim::Adam opt_wider(wider->parameters(), 1e-2);
+  const auto wider_before = snapshot(wider->parameters());
+  CHECK_THROWS_WITH_AS(igrad::load_checkpoint(dir / "run.pt", wider, opt_wider),
+                       doctest::Contains("does not fit this model"), igrad::DataError);
+  CHECK(all_equal(wider_before, wider->parameters()));
   {
     std::ofstream(dir / "garbage.pt") << "not a checkpoint";
   }

@@ -13,7 +13,9 @@
 #include <filesystem>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <system_error>
+#include <vector>
 
 namespace igrad {
 
@@ -33,6 +35,60 @@ inline torch::Tensor cpu_generator_state() {
   std::lock_guard<std::mutex> lock(generator.mutex());
   return generator.get_state();
 }
+
+/// Writes `archive` to `path` + ".partial", then renames it over `path`: an interrupted write
+/// never leaves a truncated file. `what` names the file's kind in the error message.
+inline void save_archive_atomically(torch::serialize::OutputArchive& archive,
+                                    const std::filesystem::path& path, std::string_view what) {
+  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
+  auto temporary = path;
+  temporary += ".partial";
+  try {
+    archive.save_to(temporary.string());
+    std::filesystem::rename(temporary, path);
+  } catch (const std::exception& e) {
+    std::error_code ignored;
+    std::filesystem::remove(temporary, ignored);
+    throw Error(fmt::format("cannot write {} '{}': {}", what, path.string(), first_line(e.what())));
+  }
+}
+
+/// Loads a model's weights from `archive`, checking every shape (LibTorch's `nn::Module::load`
+/// silently adopts a stored tensor of another shape); on a mismatch or a read error the model is
+/// restored and `DataError` names `path`.
+inline void load_model_checked(const AnyModel& model, torch::serialize::InputArchive& archive,
+                               const std::filesystem::path& path, std::string_view what) {
+  auto tensors = model.parameters();
+  const auto parameter_count = tensors.size();
+  for (auto& b : model.buffers()) tensors.push_back(b);
+  // Copies of the current weights (loading may re-point tensors or overwrite them in place).
+  std::vector<torch::Tensor> previous;
+  for (const auto& t : tensors) previous.push_back(t.detach().clone());
+  const auto restore = [&] {
+    torch::NoGradGuard no_grad;
+    for (std::size_t i = 0; i < tensors.size(); ++i) tensors[i].set_(previous[i]);
+  };
+  try {
+    model.load(archive);
+  } catch (const std::exception& e) {
+    restore();
+    if (dynamic_cast<const Error*>(&e) != nullptr) throw;
+    throw DataError(fmt::format("{} '{}' does not fit this model: {}; expected weights saved "
+                                "from the same architecture",
+                                what, path.string(), first_line(e.what())));
+  }
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    if (tensors[i].sizes() == previous[i].sizes()) continue;
+    const auto stored = shape_string(tensors[i]);
+    restore();
+    const bool parameter = i < parameter_count;
+    throw DataError(fmt::format(
+        "{} '{}' does not fit this model: {} {} has shape {} in the file but {} in the model; "
+        "expected weights saved from the same architecture (the model was left unchanged)",
+        what, path.string(), parameter ? "parameter" : "buffer",
+        parameter ? i : i - parameter_count, stored, shape_string(previous[i])));
+  }
+}
 }  // namespace detail
 
 /// @brief Writes model, optimizer, progress and the CPU RNG state to `path` atomically: the
@@ -48,17 +104,7 @@ inline void save_checkpoint(const std::filesystem::path& path, const AnyModel& m
   archive.write("next_epoch", torch::tensor(info.next_epoch));
   archive.write("global_step", torch::tensor(info.global_step));
   archive.write("cpu_rng_state", detail::cpu_generator_state());
-  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
-  auto temporary = path;
-  temporary += ".partial";
-  try {
-    archive.save_to(temporary.string());
-  } catch (const std::exception& e) {
-    std::error_code ignored;
-    std::filesystem::remove(temporary, ignored);
-    throw Error(fmt::format("cannot write checkpoint '{}': {}", path.string(), e.what()));
-  }
-  std::filesystem::rename(temporary, path);
+  detail::save_archive_atomically(archive, path, "checkpoint");
 }
 
 /// @brief Reads a checkpoint written by `save_checkpoint` into `model` and `optimizer`, restores
@@ -74,7 +120,7 @@ inline CheckpointInfo load_checkpoint(const std::filesystem::path& path, const A
     archive.load_from(path.string(), model.device());
     archive.read("model", model_archive);
     archive.read("optimizer", optimizer_archive);
-    model.load(model_archive);
+    detail::load_model_checked(model, model_archive, path, "checkpoint");
     optimizer.load(optimizer_archive);
     torch::Tensor next_epoch, global_step, rng;
     archive.read("next_epoch", next_epoch);

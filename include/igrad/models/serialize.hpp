@@ -31,18 +31,7 @@ namespace igrad {
 inline void save_weights(const AnyModel& model, const std::filesystem::path& path) {
   torch::serialize::OutputArchive archive;
   model.save(archive);
-  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
-  auto temporary = path;
-  temporary += ".partial";
-  try {
-    archive.save_to(temporary.string());
-    std::filesystem::rename(temporary, path);
-  } catch (const std::exception& e) {
-    std::error_code ignored;
-    std::filesystem::remove(temporary, ignored);
-    throw Error(fmt::format("cannot write weights '{}': {}", path.string(),
-                            detail::first_line(e.what())));
-  }
+  detail::save_archive_atomically(archive, path, "weights");
 }
 
 /// @brief Reads weights written by `save_weights` (or by `torch::save` of the same module) into
@@ -58,39 +47,15 @@ inline void load_weights(const AnyModel& model, const std::filesystem::path& pat
                              "weights file '{}' does not exist; expected a file written by "
                              "igrad::save_weights",
                              path.string());
-  auto tensors = model.parameters();
-  for (auto& b : model.buffers()) tensors.push_back(b);
-  // Copies of the current weights (loading may re-point tensors or overwrite them in place),
-  // put back when the file turns out not to fit.
-  std::vector<torch::Tensor> previous;
-  for (const auto& t : tensors) previous.push_back(t.detach().clone());
-  const auto restore = [&] {
-    torch::NoGradGuard no_grad;
-    for (std::size_t i = 0; i < tensors.size(); ++i) tensors[i].set_(previous[i]);
-  };
+  torch::serialize::InputArchive archive;
   try {
-    torch::serialize::InputArchive archive;
     archive.load_from(path.string(), model.device());
-    model.load(archive);
   } catch (const std::exception& e) {
-    restore();
-    if (dynamic_cast<const Error*>(&e) != nullptr) throw;
-    throw DataError(fmt::format("weights file '{}' does not fit this model: {}; expected weights "
-                                "saved from the same architecture",
+    throw DataError(fmt::format("weights file '{}' cannot be read: {}; expected a file written "
+                                "by igrad::save_weights",
                                 path.string(), detail::first_line(e.what())));
   }
-  for (std::size_t i = 0; i < tensors.size(); ++i) {
-    if (tensors[i].sizes() == previous[i].sizes()) continue;
-    const auto stored = detail::shape_string(tensors[i]);
-    restore();
-    const bool parameter = i < model.parameters().size();
-    throw DataError(fmt::format(
-        "weights file '{}' does not fit this model: {} {} has shape {} in the file but {} in the "
-        "model; expected weights saved from the same architecture (the model was left unchanged)",
-        path.string(), parameter ? "parameter" : "buffer",
-        parameter ? i : i - model.parameters().size(), stored,
-        detail::shape_string(previous[i])));
-  }
+  detail::load_model_checked(model, archive, path, "weights file");
 }
 
 /// @}
