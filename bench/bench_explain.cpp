@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -327,6 +328,8 @@ int main(int argc, char** argv) {
   // Keep freed memory in the process: without this, glibc returns every batch's temporaries to
   // the system and the timings measure page faults (see bench/README.md).
   igrad::tune_allocator();
+  // Line by line even into a file or a pipe: a full run takes minutes and is read as it goes.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   CLI::App app{"igrad: Score-CAM, the Grad-CAM family and the metrics on Fashion-MNIST"};
   Settings s;
   app.add_option("--threads", s.threads, "thread counts to measure (default 2)")->delimiter(',');
