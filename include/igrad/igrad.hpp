@@ -2,11 +2,10 @@
 /// @file igrad.hpp
 /// @brief The umbrella header: everything igrad offers.
 ///
-/// @mainpage igrad — interpretable gradients for LibTorch
 /// igrad trains convolutional networks whose input gradients explain better (Torres Figueroa et
 /// al., "A Learning Paradigm for Interpretable Gradients", VISAPP 2024), explains them with the
-/// CAM family and input-space saliency, and measures the explanations. See the README and the
-/// pages "Tutorial" and "Writing your own policy".
+/// CAM family and input-space saliency, and measures the explanations. See the README (the main
+/// page) and the pages @ref tutorial and @ref custom_policies.
 
 #include <igrad/ablation.hpp>
 #include <igrad/allocator.hpp>

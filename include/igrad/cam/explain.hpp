@@ -66,8 +66,13 @@ torch::Tensor explain(const AnyModel& model, const torch::Tensor& x,
 }
 
 /// @brief The fourteen CAM methods igrad ships, as a Hana type list (for ablations, figures and
-/// conformance tests): `boost::hana::for_each(igrad::all_cam_methods, [&](auto t) { using C =
-/// typename decltype(t)::type; ... })`.
+/// conformance tests):
+/// @code
+/// boost::hana::for_each(igrad::all_cam_methods, [&](auto t) {
+///   using C = typename decltype(t)::type;
+///   // ...
+/// });
+/// @endcode
 inline constexpr auto all_cam_methods =
     boost::hana::tuple_t<Cam, GradCam, GradCamPlusPlus, SmoothGradCamPlusPlus, ScoreCam, SSCam,
                          ISCam, XGradCam, LayerCam, HiResCam, EigenCam, AblationCam, OptiCam,
