@@ -184,8 +184,17 @@ TEST_CASE("cam: Score-CAM, IS-CAM and Ablation-CAM match explicit per-channel lo
   auto net = make_tiny_conv(9);
   const auto x = images(2, 6, 11);
   const auto t = torch::tensor({1, 2}, torch::kLong);
+  // Second pass: channel 1 is dead (zero everywhere), which Score-CAM scores without a forward
+  // pass of its own; the maps must not change.
+  for (bool dead_channel : {false, true}) {
+  if (dead_channel) {
+    torch::NoGradGuard no_grad;
+    net->conv->bias[1].fill_(-1e3);
+    REQUIRE(net->features(x).select(1, 1).abs().max().item<double>() == 0.0);
+  }
   for (auto score : {igrad::CamScore::probability, igrad::CamScore::logit}) {
     CAPTURE(static_cast<int>(score));
+    CAPTURE(dead_channel);
     const auto s = [&](const torch::Tensor& input, int64_t c) {
       const auto logits = net->forward(input.unsqueeze(0))[0];
       return score == igrad::CamScore::probability ? logits.softmax(0)[c].item<double>()
@@ -212,6 +221,7 @@ TEST_CASE("cam: Score-CAM, IS-CAM and Ablation-CAM match explicit per-channel lo
       CHECK(max_abs_diff(score_cam[i], torch::relu(loop_weighted_sum(torch::tensor(w_score, torch::kDouble), a))) < 1e-10);
       CHECK(max_abs_diff(is_cam[i], torch::relu(loop_weighted_sum(torch::tensor(w_is, torch::kDouble), a))) < 1e-10);
     }
+  }
   }
   // Ablation-CAM: α_k = (y^c − y^c with channel k zeroed) / y^c.
   const auto ablation = igrad::explain_raw<igrad::AblationCam>(net, x, t, igrad::CamOptions().batch_size(4));

@@ -110,7 +110,8 @@ torch::Tensor masked_scores(const CamRequest& request, const torch::Tensor& acti
 /// `M_k` = A^k upsampled bilinearly (`align_corners = false`) and min–max scaled to [0, 1],
 /// `x_b` = the zero input, `s` = softmax probability (`CamOptions::score` = logit gives the seed's
 /// eq. (6)). `ScoreCamConvention::pytorch_grad_cam` reproduces pytorch-grad-cam instead.
-/// The N·K masked forward passes are batched by `CamOptions::batch_size`.
+/// The N·K masked forward passes are batched by `CamOptions::batch_size`; pairs whose channel is
+/// zero everywhere (zero mask, hence the zero input) reuse the zero input's score.
 struct ScoreCam {
   static constexpr const char* name = "Score-CAM";  ///< display name
   /// @brief The map before post-processing, `[N, h, w]`.
@@ -120,13 +121,28 @@ struct ScoreCam {
     const bool pytorch_grad_cam =
         request.options.score_cam_convention() == ScoreCamConvention::pytorch_grad_cam;
     const CamScore score = pytorch_grad_cam ? CamScore::logit : request.options.score();
-    const auto scores = detail::masked_scores(
-        request, a, 1, /*align_corners=*/pytorch_grad_cam, score,
-        [](const torch::Tensor& x, const torch::Tensor& m, const torch::Tensor&) { return x * m; });
-    const auto masked = scores.squeeze(2);  // [N, K]
-    const auto weights = pytorch_grad_cam
-                             ? masked.softmax(1)
-                             : masked - detail::zero_input_score(request, score).unsqueeze(1);
+    const auto& x = request.input;
+    const int64_t n = a.size(0), k = a.size(1);
+    // A channel that is zero everywhere upsamples and min–max scales to the zero mask, so its
+    // masked input is the zero input, whose score is computed once per image: only the other
+    // (image, channel) pairs need a forward pass. Dead ReLU channels are common in trained
+    // networks, so this saves work without changing any map.
+    const auto zero_scores = detail::zero_input_score(request, score);  // [N]
+    auto masked = zero_scores.unsqueeze(1).expand({n, k}).contiguous().view(-1);
+    const auto nonzero_pairs = torch::nonzero(a.flatten(2).abs().amax(2).view(-1) != 0).view(-1);
+    detail::run_in_batches(nonzero_pairs.numel(), request.options, [&](int64_t start, int64_t end) {
+      const auto pair = nonzero_pairs.slice(0, start, end);
+      const auto image = pair.div(k, "floor");
+      const auto channel = pair.remainder(k);
+      const auto masks = detail::score_cam_masks(a, image, channel, x.size(2), x.size(3),
+                                                 /*align_corners=*/pytorch_grad_cam);
+      const auto logits = detail::checked_forward(request.model, x.index_select(0, image) * masks);
+      masked.index_put_({pair},
+                        detail::class_score(logits, request.targets.index_select(0, image), score));
+    });
+    const auto scores = masked.view({n, k});
+    const auto weights =
+        pytorch_grad_cam ? scores.softmax(1) : scores - zero_scores.unsqueeze(1);
     return weighted_feature_sum(weights, a);
   }
 };
