@@ -51,7 +51,7 @@ struct Config {
   int64_t batch_size = 128;
   double learning_rate = 1e-3;
   int64_t eval_samples = 1000;
-  int64_t localisation_samples = 1000;
+  int64_t localisation_samples = 500;
   std::vector<std::string> methods{"GradCam", "GradCamPlusPlus", "ScoreCam"};
   int threads = 2;
   uint64_t seed = 1;
@@ -68,8 +68,8 @@ void apply_smoke_settings(Config& c) {
   c.sweep_eval_samples = 100;
   c.train_samples = 2000;
   c.epochs = 1;
-  c.eval_samples = 64;
-  c.localisation_samples = 64;
+  c.eval_samples = 32;
+  c.localisation_samples = 32;
 }
 
 std::string lower(std::string s) {
