@@ -166,6 +166,7 @@ class MetricsTable {
 /// @}
 }  // namespace igrad
 
+/// @cond  fmt's formatter specialisation: documented in MetricsTable::to_text
 /// @brief `fmt::format("{}", table)`: the aligned plain-text table (`MetricsTable::to_text()`).
 template <>
 struct fmt::formatter<igrad::MetricsTable> : fmt::formatter<std::string_view> {
@@ -175,3 +176,4 @@ struct fmt::formatter<igrad::MetricsTable> : fmt::formatter<std::string_view> {
     return fmt::formatter<std::string_view>::format(table.to_text(), ctx);
   }
 };
+/// @endcond

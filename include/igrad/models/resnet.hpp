@@ -52,8 +52,10 @@ class BasicBlockImpl : public torch::nn::Module {
     return torch::relu(y + (shortcut ? shortcut->forward(x) : x));
   }
 
-  torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};         ///< the two 3×3 convolutions
-  torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};        ///< their batch norms
+  torch::nn::Conv2d conv1{nullptr};       ///< the first 3×3 convolution
+  torch::nn::Conv2d conv2{nullptr};       ///< the second 3×3 convolution
+  torch::nn::BatchNorm2d bn1{nullptr};    ///< the first convolution's batch norm
+  torch::nn::BatchNorm2d bn2{nullptr};    ///< the second convolution's batch norm
   torch::nn::Sequential shortcut{nullptr};                  ///< projection, when needed
 };
 /// @brief Module holder of `BasicBlockImpl`.
@@ -100,8 +102,10 @@ class ResNet18Impl : public torch::nn::Module {
 
   torch::nn::Conv2d stem_conv{nullptr};   ///< the 3×3 stem convolution
   torch::nn::BatchNorm2d stem_bn{nullptr};  ///< its batch norm
-  torch::nn::Sequential layer1{nullptr}, layer2{nullptr}, layer3{nullptr},
-      layer4{nullptr};                    ///< the four stages of two blocks
+  torch::nn::Sequential layer1{nullptr};  ///< stage 1: two blocks of width w
+  torch::nn::Sequential layer2{nullptr};  ///< stage 2: two blocks of width 2w, stride 2
+  torch::nn::Sequential layer3{nullptr};  ///< stage 3: two blocks of width 4w, stride 2
+  torch::nn::Sequential layer4{nullptr};  ///< stage 4: two blocks of width 8w, stride 2
   torch::nn::Linear fc{nullptr};          ///< the classifier of the head
 
  private:
