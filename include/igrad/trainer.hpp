@@ -8,6 +8,7 @@
 #include <igrad/detail/tensor_checks.hpp>
 #include <igrad/errors/error_functions.hpp>
 #include <igrad/exceptions.hpp>
+#include <igrad/metrics/faithfulness.hpp>
 #include <igrad/model.hpp>
 #include <igrad/rules/backprop_rules.hpp>
 
@@ -57,7 +58,9 @@ struct RegularisedLoss {
 /// @tparam R the teacher's backprop rule (`BackpropRule`), e.g. `GuidedReLU`.
 /// @tparam C the CAM method (`CamMethod`) that reports interpretability during `fit`: after
 ///   `held_out(x, targets)`, each epoch's log gets `cam_mean` and `cam_top20_mass` of C's maps
-///   on that batch (see `MapStatistics`), before the callbacks' `on_epoch_end` run.
+///   on that batch (see `MapStatistics`) and their faithfulness `cam_average_drop`,
+///   `cam_average_increase`, `cam_average_gain` (SPEC §5, in %), before the callbacks'
+///   `on_epoch_end` run.
 ///
 /// The model and the optimizer must outlive the trainer. Everything runs on the model's device.
 template <ErrorFunction E = CosineError, BackpropRule R = GuidedReLU, CamMethod C = GradCam>
@@ -98,17 +101,21 @@ class Trainer {
   const R& rule() const { return rule_; }
   /// @brief The CAM method.
   const C& cam_method() const { return cam_; }
-  /// @brief Reports the CAM statistics of `inputs` `[N, C, H, W]` (targets `[N]`, or the
-  /// predicted classes when undefined) in each epoch's `EpochLog::metrics` during `fit`:
-  /// `cam_mean` and `cam_top20_mass`, computed with the CAM method C in evaluation mode.
+  /// @brief Reports the interpretability of `inputs` `[N, C, H, W]` (targets `[N]`, or the
+  /// predicted classes when undefined) in each epoch's `EpochLog::metrics` during `fit`, with the
+  /// CAM method C in evaluation mode: `cam_mean`, `cam_top20_mass`, and Average Drop / Increase /
+  /// Gain as `cam_average_drop`, `cam_average_increase`, `cam_average_gain`. Give the dataset's
+  /// `normalization` so that the maps mask the images in pixel space (SPEC §5).
   /// Returns the trainer for chaining.
-  Trainer& held_out(torch::Tensor inputs, torch::Tensor targets = {}, CamOptions options = {}) {
+  Trainer& held_out(torch::Tensor inputs, torch::Tensor targets = {}, CamOptions options = {},
+                    std::optional<DatasetNormalization> normalization = std::nullopt) {
     detail::require(inputs.defined() && inputs.dim() == 4 && inputs.size(0) > 0,
                     "held-out inputs have shape {}; expected [N, C, H, W]",
                     detail::shape_string(inputs));
     held_out_inputs_ = std::move(inputs);
     held_out_targets_ = std::move(targets);
     held_out_options_ = std::move(options);
+    held_out_normalization_ = std::move(normalization);
     return *this;
   }
   /// @brief Maps of the CAM method C for a batch (`explain<C>` with the trainer's policy).
@@ -221,9 +228,7 @@ class Trainer {
       log.samples = static_cast<int64_t>(weight);
       log.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       state.batches_per_epoch = state.batch;
-      if (held_out_inputs_.defined())
-        add_cam_statistics<C>(log.metrics, model_, held_out_inputs_, held_out_targets_,
-                              held_out_options_, cam_);
+      if (held_out_inputs_.defined()) report_held_out(log);
       if (detail::run_callbacks_epoch_end(state, log, callbacks...)) stop = true;
       logs.push_back(log);
       first_epoch_ = epoch + 1;
@@ -261,6 +266,26 @@ class Trainer {
    private:
     std::vector<torch::Tensor> buffers_, copies_;
   };
+
+  /// C's maps of the held-out batch: their statistics and faithfulness into the epoch log.
+  void report_held_out(EpochLog& log) const {
+    const auto maps = igrad::explain<C>(model_, held_out_inputs_, held_out_targets_,
+                                        held_out_options_, cam_);
+    const auto statistics = map_statistics(maps, 0.2);
+    log.metrics["cam_mean"] = statistics.mean;
+    log.metrics["cam_top20_mass"] = statistics.top_mass;
+    torch::Tensor classes = held_out_targets_;
+    if (!classes.defined()) {
+      torch::NoGradGuard no_grad;
+      TrainingModeGuard evaluation(model_, false);
+      classes = model_(held_out_inputs_.to(model_.device())).argmax(1);
+    }
+    const auto f = faithfulness(model_, held_out_inputs_, maps, classes,
+                                MaskingOptions().normalization(held_out_normalization_));
+    log.metrics["cam_average_drop"] = f.average_drop;
+    log.metrics["cam_average_increase"] = f.average_increase;
+    log.metrics["cam_average_gain"] = f.average_gain;
+  }
 
   std::pair<torch::Tensor, torch::Tensor> prepare(const torch::Tensor& x,
                                                   const torch::Tensor& targets) const {
@@ -344,6 +369,7 @@ class Trainer {
   C cam_;
   torch::Tensor held_out_inputs_, held_out_targets_;
   CamOptions held_out_options_;
+  std::optional<DatasetNormalization> held_out_normalization_;
   int64_t steps_ = 0;
   int64_t first_epoch_ = 0;
 };

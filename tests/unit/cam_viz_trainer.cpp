@@ -160,4 +160,11 @@ TEST_CASE("trainer: the CAM method is the third policy and reports cam_mean / ca
   CHECK(grad_logs.back().metrics.at("cam_top20_mass") == doctest::Approx(grad.top_mass).epsilon(1e-9));
   const auto score_now = igrad::map_statistics(igrad::explain<igrad::ScoreCam>(model, held_x, held_t));
   CHECK(grad.mean != doctest::Approx(score_now.mean));
+  // Faithfulness of the trainer's maps on the held-out batch, recomputed through the metrics.
+  const auto f = igrad::faithfulness(model, held_x, trainer.explain(held_x, held_t), held_t);
+  CHECK(grad_logs.back().metrics.at("cam_average_drop") == doctest::Approx(f.average_drop).epsilon(1e-9));
+  CHECK(grad_logs.back().metrics.at("cam_average_increase") == doctest::Approx(f.average_increase).epsilon(1e-9));
+  CHECK(grad_logs.back().metrics.at("cam_average_gain") == doctest::Approx(f.average_gain).epsilon(1e-9));
+  CHECK(grad_logs.back().metrics.at("cam_average_drop") >= 0);
+  CHECK(grad_logs.back().metrics.at("cam_average_drop") <= 100);
 }
