@@ -47,11 +47,11 @@ struct Config {
   int64_t validation_samples = 5000;
   int64_t sweep_eval_samples = 500;
   int64_t train_samples = 0;  // 0: the whole training split
-  int64_t epochs = 2;
+  int64_t epochs = 1;
   int64_t batch_size = 128;
   double learning_rate = 1e-3;
-  int64_t eval_samples = 1000;
-  int64_t localisation_samples = 500;
+  int64_t eval_samples = 500;
+  int64_t localisation_samples = 300;
   std::vector<std::string> methods{"GradCam", "GradCamPlusPlus", "ScoreCam"};
   int threads = 2;
   uint64_t seed = 1;
