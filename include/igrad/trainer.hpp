@@ -271,9 +271,7 @@ class Trainer {
   void report_held_out(EpochLog& log) const {
     const auto maps = igrad::explain<C>(model_, held_out_inputs_, held_out_targets_,
                                         held_out_options_, cam_);
-    const auto statistics = map_statistics(maps, 0.2);
-    log.metrics["cam_mean"] = statistics.mean;
-    log.metrics["cam_top20_mass"] = statistics.top_mass;
+    add_map_statistics(log.metrics, maps);
     torch::Tensor classes = held_out_targets_;
     if (!classes.defined()) {
       torch::NoGradGuard no_grad;

@@ -106,16 +106,22 @@ inline MapStatistics map_statistics(const torch::Tensor& maps, double top_fracti
   return {flat.mean().item<double>(), share.mean().item<double>()};
 }
 
+/// @brief Writes the statistics of maps `[N, H, W]` in [0, 1] into `metrics` as `cam_mean` and
+/// `cam_top20_mass` (see `MapStatistics`).
+inline void add_map_statistics(std::map<std::string, double>& metrics, const torch::Tensor& maps) {
+  const auto statistics = map_statistics(maps, 0.2);
+  metrics["cam_mean"] = statistics.mean;
+  metrics["cam_top20_mass"] = statistics.top_mass;
+}
+
 /// @brief Computes maps with method `C` on a batch and adds their statistics to `metrics`:
-/// `cam_mean` and `cam_top20_mass` (see `MapStatistics`). Used by `Trainer::held_out` and
-/// `ExplanationMonitor`; the model's mode and gradients are left as they were.
+/// `cam_mean` and `cam_top20_mass` (see `add_map_statistics`). Used by `ExplanationMonitor`;
+/// the model's mode and gradients are left as they were.
 template <CamMethod C>
 void add_cam_statistics(std::map<std::string, double>& metrics, const AnyModel& model,
                         const torch::Tensor& x, const torch::Tensor& targets,
                         const CamOptions& options = {}, const C& method = C()) {
-  const auto statistics = map_statistics(explain<C>(model, x, targets, options, method), 0.2);
-  metrics["cam_mean"] = statistics.mean;
-  metrics["cam_top20_mass"] = statistics.top_mass;
+  add_map_statistics(metrics, explain<C>(model, x, targets, options, method));
 }
 
 /// @}
