@@ -122,6 +122,10 @@ TEST_CASE("trainer: the fast batch-norm second-order path equals LibTorch's own"
     }
     const auto x = torch::randn({4, 1, 6, 6}, torch::kDouble);
     const auto t = torch::tensor({0, 2, 1, 1});
+    {  // The fast path is taken: LibTorch's batch-norm node is the one the hook recognises.
+      const auto logits = model(x.clone().requires_grad_(true));
+      CHECK(igrad::detail::ScopedBatchNormDoubleBackward({logits}).hooked() == 1);
+    }
     torch::optim::SGD unused(model->parameters(), 0.0);
     igrad::Trainer<igrad::CosineError, igrad::GuidedReLU> trainer(
         model, unused, igrad::TrainerOptions().lambda(0.6));

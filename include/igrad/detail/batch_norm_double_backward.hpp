@@ -81,11 +81,13 @@ struct BatchNormInputGradient : torch::autograd::Function<BatchNormInputGradient
 };
 
 /// Post-hook: replaces the first-order input gradient of a training-mode batch norm by the same
-/// value carrying `BatchNormInputGradient`'s cheaper derivative.
+/// value carrying `BatchNormInputGradient`'s cheaper derivative. `Node` is LibTorch's native
+/// batch-norm backward (CPU) or cuDNN's (CUDA with an affine batch norm): both save the input,
+/// the weight and the batch mean and inverse standard deviation under the same names.
+template <class Node>
 class BatchNormInputGradientHook final : public torch::autograd::FunctionPostHook {
  public:
-  explicit BatchNormInputGradientHook(torch::autograd::generated::NativeBatchNormBackward0* node)
-      : node_(node) {}
+  explicit BatchNormInputGradientHook(Node* node) : node_(node) {}
   torch::autograd::variable_list operator()(
       const torch::autograd::variable_list& grad_inputs,
       const torch::autograd::variable_list& grad_outputs) override {
@@ -107,7 +109,7 @@ class BatchNormInputGradientHook final : public torch::autograd::FunctionPostHoo
   }
 
  private:
-  torch::autograd::generated::NativeBatchNormBackward0* node_;
+  Node* node_;
 };
 
 /// RAII: for one differentiable backward call (`create_graph`), gives every training-mode batch
@@ -116,13 +118,12 @@ class ScopedBatchNormDoubleBackward {
  public:
   explicit ScopedBatchNormDoubleBackward(const std::vector<torch::Tensor>& roots) {
     visit_graph(roots, [&](torch::autograd::Node* node) {
-      if (auto* bn = dynamic_cast<torch::autograd::generated::NativeBatchNormBackward0*>(node);
-          bn != nullptr && bn->training) {
-        nodes_.push_back(node);
-        keys_.push_back(node->add_post_hook(std::make_unique<BatchNormInputGradientHook>(bn)));
-      }
+      hook_if<torch::autograd::generated::NativeBatchNormBackward0>(node);
+      hook_if<torch::autograd::generated::CudnnBatchNormBackward0>(node);
     });
   }
+  /// The number of batch norms given the cheaper path (for tests and diagnostics).
+  std::size_t hooked() const { return keys_.size(); }
   ~ScopedBatchNormDoubleBackward() {
     for (size_t i = 0; i < keys_.size(); ++i) nodes_[i]->del_post_hook(keys_[i]);
   }
@@ -130,6 +131,15 @@ class ScopedBatchNormDoubleBackward {
   ScopedBatchNormDoubleBackward& operator=(const ScopedBatchNormDoubleBackward&) = delete;
 
  private:
+  template <class BatchNormNode>
+  void hook_if(torch::autograd::Node* node) {
+    if (auto* bn = dynamic_cast<BatchNormNode*>(node); bn != nullptr && bn->training) {
+      nodes_.push_back(node);
+      keys_.push_back(
+          node->add_post_hook(std::make_unique<BatchNormInputGradientHook<BatchNormNode>>(bn)));
+    }
+  }
+
   std::vector<torch::autograd::Node*> nodes_;
   std::vector<std::uintptr_t> keys_;
 };
