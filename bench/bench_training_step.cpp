@@ -2,13 +2,16 @@
 // batch, in one run, and measures each step's peak memory in a fresh child process.
 //
 //   igrad_bench_training [--threads 1,2] [--steps 10] [--models small_cnn,resnet18]
+//                        [--device cpu|cuda]
 //
-// Prints one line per figure; each line ends with the ratio regularised / plain.
+// Prints one line per figure; each line ends with the ratio regularised / plain. On CUDA the
+// timers synchronise the device, and the memory lines (host peak RSS) are left out.
 #include <igrad/igrad.hpp>
 #include <igrad/models.hpp>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <torch/cuda.h>
 
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -29,17 +32,26 @@ struct Workload {
   torch::Tensor x, t;
 };
 
-Workload make_workload(const std::string& name) {
+Workload make_workload(const std::string& name, const torch::Device& device = torch::kCPU) {
   torch::manual_seed(0);
   if (name == "small_cnn") {
     igrad::models::SmallCNN model;
-    return {name, model, torch::randn({128, 1, 28, 28}), torch::randint(0, 10, {128}, torch::kLong)};
+    model->to(device);
+    return {name, model, torch::randn({128, 1, 28, 28}).to(device),
+            torch::randint(0, 10, {128}, torch::kLong).to(device)};
   }
   if (name == "resnet18") {
     igrad::models::ResNet18 model(igrad::models::ResNet18Options().in_channels(3).classes(100));
-    return {name, model, torch::randn({32, 3, 32, 32}), torch::randint(0, 100, {32}, torch::kLong)};
+    model->to(device);
+    return {name, model, torch::randn({32, 3, 32, 32}).to(device),
+            torch::randint(0, 100, {32}, torch::kLong).to(device)};
   }
   throw std::invalid_argument("unknown model '" + name + "'; expected small_cnn or resnet18");
+}
+
+// On CUDA the work is asynchronous: a timer must wait for it.
+void synchronize(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize();
 }
 
 void plain_step(Workload& w, torch::optim::Optimizer& optimizer) {
@@ -102,24 +114,32 @@ int main(int argc, char** argv) {
   std::vector<int> threads{1, 2};
   std::vector<std::string> models{"small_cnn", "resnet18"};
   int steps = 10;
+  std::string device_name = "cpu";
   std::string child_model, child_kind;
   app.add_option("--threads", threads, "thread counts to measure")->delimiter(',');
   app.add_option("--models", models, "small_cnn, resnet18")->delimiter(',');
   app.add_option("--steps", steps, "timed steps of each kind")->check(CLI::Range(3, 1000));
+  app.add_option("--device", device_name, "cpu, or cuda when torch::cuda::is_available()")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--child-memory", child_model)->group("");
   app.add_option("--child-kind", child_kind)->group("");
   CLI11_PARSE(app, argc, argv);
   if (!child_model.empty()) return measure_memory(child_model, child_kind == "regularised", threads.at(0));
+  if (device_name == "cuda" && !torch::cuda::is_available()) {
+    fmt::print(stderr, "--device cuda: torch::cuda::is_available() is false in this build\n");
+    return 2;
+  }
+  const torch::Device device(device_name == "cuda" ? torch::kCUDA : torch::kCPU);
 
-  fmt::print("# igrad {} / LibTorch {}, tuned malloc, Adam, lambda 7.5e-3, CosineError + GuidedReLU\n",
-             igrad::version_string, TORCH_VERSION);
+  fmt::print("# igrad {} / LibTorch {} on {}, tuned malloc, Adam, lambda 7.5e-3, CosineError + GuidedReLU\n",
+             igrad::version_string, TORCH_VERSION, device.str());
   for (const auto& name : models) {
     for (int t : threads) {
       torch::set_num_threads(t);
-      auto w = make_workload(name);
+      auto w = make_workload(name, device);
       w.model.train();
       torch::optim::Adam plain_optimizer(w.model.parameters(), 1e-3);
-      auto w2 = make_workload(name);
+      auto w2 = make_workload(name, device);
       w2.model.train();
       torch::optim::Adam reg_optimizer(w2.model.parameters(), 1e-3);
       igrad::Trainer<> trainer(w2.model, reg_optimizer, igrad::TrainerOptions().lambda(7.5e-3));
@@ -129,16 +149,23 @@ int main(int argc, char** argv) {
       }
       std::vector<double> plain, regularised;
       for (int i = 0; i < steps; ++i) {  // interleaved, so load changes hit both alike
+        synchronize(device);
         auto start = std::chrono::steady_clock::now();
         plain_step(w, plain_optimizer);
+        synchronize(device);
         plain.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
         start = std::chrono::steady_clock::now();
         trainer.step(w2.x, w2.t);
+        synchronize(device);
         regularised.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
       }
       const double p = median(plain), r = median(regularised);
       fmt::print("time {} batch {} threads {}: plain {:.1f} ms, regularised {:.1f} ms, ratio {:.2f}\n",
                  name, w.x.size(0), t, p, r, r / p);
+      if (device.is_cuda()) {
+        if (t == threads.front()) fmt::print("ratio {} {:.2f}\n", name, r / p);
+        continue;
+      }
       const long mp = child_peak_kib(argv[0], name, false, t);
       const long mr = child_peak_kib(argv[0], name, true, t);
       fmt::print("memory {} batch {} threads {}: plain {:.1f} MiB, regularised {:.1f} MiB, ratio {:.2f}\n",
