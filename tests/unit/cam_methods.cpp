@@ -7,6 +7,7 @@
 #include <igrad/cam.hpp>
 
 #include <cmath>
+#include <memory>
 #include <vector>
 
 using namespace igrad_test;
@@ -260,7 +261,7 @@ TEST_CASE("cam: the pytorch-grad-cam Score-CAM convention: align_corners masks, 
   CHECK(max_abs_diff(raw[0], torch::relu(loop_weighted_sum(torch::tensor(w, torch::kDouble), a))) < 1e-10);
 }
 
-TEST_CASE("cam: SS-CAM with zero noise is Score-CAM; its noise follows the seed, not the global RNG") {
+TEST_CASE("cam: SS-CAM with zero noise is Score-CAM, its noise follows the seed, not the global RNG") {
   auto net = make_tiny_conv(9);
   const auto x = images(2, 6, 13);
   const auto t = torch::tensor({0, 1}, torch::kLong);
@@ -278,7 +279,7 @@ TEST_CASE("cam: SS-CAM with zero noise is Score-CAM; its noise follows the seed,
   CHECK(max_abs_diff(first, score_cam) > 1e-8);
 }
 
-TEST_CASE("cam: SmoothGrad-CAM++ with zero noise is Grad-CAM++; an explicit generator is used and advances") {
+TEST_CASE("cam: SmoothGrad-CAM++ with zero noise is Grad-CAM++, an explicit generator is used and advances") {
   auto net = make_deep_head(9);
   const auto x = images(2, 6, 14);
   const auto pp = igrad::explain_raw<igrad::GradCamPlusPlus>(net, x, kTargets.slice(0, 0, 2));
@@ -346,7 +347,7 @@ TEST_CASE("cam: Guided Grad-CAM is the upsampled Grad-CAM times the guided gradi
   CHECK(max_abs_diff(raw, (grad_cam.unsqueeze(1) * guided).abs().amax(1)) < 1e-12);
 }
 
-TEST_CASE("cam: post-processing is ReLU, min-max, bilinear upsampling, min-max; zero stays zero") {
+TEST_CASE("cam: post-processing is ReLU, min-max, bilinear upsampling, min-max, zero stays zero") {
   const auto raw = torch::tensor({{{-1.0, 1.0}, {3.0, 5.0}}, {{0.0, 0.0}, {0.0, 0.0}}}, torch::kDouble);
   const auto maps = igrad::normalize_cam(raw, 4, 4);
   CHECK(maps.sizes() == torch::IntArrayRef({2, 4, 4}));
@@ -384,7 +385,44 @@ TEST_CASE("cam: batch equals single images, with BatchNorm, and the train mode i
   CHECK(net->is_training());
 }
 
-TEST_CASE("cam: default targets are the eval-mode predictions; maps follow the input's dtype") {
+TEST_CASE("cam: one feature pass per batch, the gradient methods add one head pass with a graph") {
+  auto net = make_gap_net(true, 45);
+  const auto x = images(3, 8, 46);
+  struct Counts {
+    int forward = 0, features = 0, head = 0, head_with_grad = 0;
+  };
+  auto counts = std::make_shared<Counts>();
+  auto f = igrad::AnyModel(net).functions();
+  const auto forward = f.forward, features = f.features, head = f.head;
+  f.forward = [=](const torch::Tensor& v) { ++counts->forward; return forward(v); };
+  f.features = [=](const torch::Tensor& v) { ++counts->features; return features(v); };
+  f.head = [=](const torch::Tensor& v) {
+    ++counts->head;
+    counts->head_with_grad += torch::GradMode::is_enabled();
+    return head(v);
+  };
+  const igrad::AnyModel counted(f);
+  const auto check_gradient_method = [&](auto type) {
+    using C = typename decltype(type)::type;
+    CAPTURE(std::string(C::name));
+    *counts = {};
+    const auto maps = igrad::explain<C>(counted, x);
+    CHECK(counts->forward == 0);
+    CHECK(counts->features == 1);
+    CHECK(counts->head == 2);  // the logits (targets), then the target scores' graph
+    CHECK(counts->head_with_grad == 1);
+    CHECK(max_abs_diff(maps, igrad::explain<C>(net, x)) == 0);
+  };
+  boost::hana::for_each(boost::hana::tuple_t<igrad::GradCam, igrad::GradCamPlusPlus,
+                                             igrad::XGradCam, igrad::LayerCam, igrad::HiResCam>,
+                        check_gradient_method);
+  *counts = {};
+  igrad::explain<igrad::ScoreCam>(counted, x, {}, igrad::CamOptions().batch_size(64));
+  CHECK(counts->features == 1);  // the masked inputs go through forward, the map once through features
+  CHECK(counts->forward == 1 + 1);  // the zero baseline, then 3 images × 4 channels in one batch
+}
+
+TEST_CASE("cam: default targets are the eval-mode predictions, maps follow the input's dtype") {
   auto net = make_gap_net(false, 43);
   const auto x = images(3, 8, 44);
   const auto predicted = net->forward(x).argmax(1);

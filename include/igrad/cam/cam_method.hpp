@@ -87,6 +87,10 @@ struct CamRequest {
   torch::Tensor input;    ///< x `[N, C, H, W]`, detached, on the model's device and dtype
   torch::Tensor targets;  ///< class indices `[N]` (long), on the model's device
   CamOptions options;     ///< the caller's options
+  /// The feature map `A = features(input)` `[N, K, h, w]`, detached, computed once per batch by
+  /// `explain` (which needs the logits anyway); undefined in a request built by hand, in which
+  /// case `request_features` computes it.
+  torch::Tensor activations;
 };
 
 /// @brief A CAM method: maps a `CamRequest` to the map before post-processing.
@@ -180,16 +184,19 @@ inline torch::Tensor gather_targets(const torch::Tensor& logits, const torch::Te
 
 /// A batch, its targets and its class count, validated and moved to the model's device and dtype.
 struct PreparedBatch {
-  torch::Tensor input;    ///< detached, on the model's device and dtype
-  torch::Tensor targets;  ///< long [N] on the model's device
-  int64_t classes = 0;    ///< K
+  torch::Tensor input;        ///< detached, on the model's device and dtype
+  torch::Tensor targets;      ///< long [N] on the model's device
+  int64_t classes = 0;        ///< K
+  torch::Tensor activations;  ///< features(input), detached, when asked for
 };
 
 /// Validates `x` and `targets` (the predicted classes when undefined). The caller has already
 /// switched the model to evaluation mode, so the default targets are the eval-mode predictions.
+/// With `feature_map`, the logits are computed as head(features(x)) and the feature map is kept,
+/// so that a CAM method does not run the convolutions a second time.
 inline PreparedBatch prepare_batch(const AnyModel& model, const torch::Tensor& x,
                                    const torch::Tensor& targets, bool require_image,
-                                   std::string_view method) {
+                                   std::string_view method, bool feature_map = false) {
   if (require_image) {
     require(x.defined() && x.dim() == 4, "{}: input has shape {}; expected images [N, C, H, W]",
             method, shape_string(x));
@@ -206,7 +213,12 @@ inline PreparedBatch prepare_batch(const AnyModel& model, const torch::Tensor& x
   torch::Tensor logits;
   {
     torch::NoGradGuard no_grad;
-    logits = checked_forward(model, batch.input);
+    if (feature_map) {
+      batch.activations = checked_features(model, batch.input);
+      logits = checked_head(model, batch.activations);
+    } else {
+      logits = checked_forward(model, batch.input);
+    }
   }
   batch.classes = logits.size(1);
   if (!targets.defined()) {
@@ -305,6 +317,14 @@ inline torch::Tensor normalize_cam(const torch::Tensor& raw, int64_t height, int
   return detail::min_max_per_sample(detail::resize_maps(scaled, height, width));
 }
 
+/// @brief The feature map `A = features(x)` `[N, K, h, w]`, detached, of the request's input
+/// (computed once by `explain` and reused), or of another `input` batch when given.
+inline torch::Tensor request_features(const CamRequest& request, const torch::Tensor& input = {}) {
+  if (!input.defined() && request.activations.defined()) return request.activations;
+  torch::NoGradGuard no_grad;
+  return detail::checked_features(request.model, input.defined() ? input : request.input);
+}
+
 /// @brief The feature map `A`, the gradient `g = ∂y^c/∂A` of each sample's target logit, and the
 /// target logits, for an input batch (default: the request's input).
 ///
@@ -314,12 +334,8 @@ inline torch::Tensor normalize_cam(const torch::Tensor& raw, int64_t height, int
 inline FeatureGradients feature_gradients(const CamRequest& request,
                                           const torch::Tensor& input = {}) {
   torch::AutoGradMode enable_grad(true);
-  const auto& x = input.defined() ? input : request.input;
-  torch::Tensor activations;
-  {
-    torch::NoGradGuard no_grad;  // the gradient stops at A: no graph through the features
-    activations = detail::checked_features(request.model, x);
-  }
+  // The gradient stops at A: no graph through the features.
+  auto activations = input.defined() ? request_features(request, input) : request_features(request);
   activations = activations.detach().requires_grad_(true);
   const auto logits = detail::checked_head(request.model, activations);
   const auto scores = detail::gather_targets(logits, request.targets);

@@ -41,8 +41,9 @@ torch::Tensor explain_raw(const AnyModel& model, const torch::Tensor& x,
                               "features(x) and head(a) (see igrad::FeatureClassifier)",
                               C::name);
   TrainingModeGuard evaluation(model, false);
-  const auto batch = detail::prepare_batch(model, x, targets, /*require_image=*/true, C::name);
-  const CamRequest request{model, batch.input, batch.targets, options};
+  const auto batch = detail::prepare_batch(model, x, targets, /*require_image=*/true, C::name,
+                                           /*feature_map=*/true);
+  const CamRequest request{model, batch.input, batch.targets, options, batch.activations};
   torch::Tensor raw = method(request);
   detail::require_raw_map(raw, x.size(0), C::name);
   return torch::relu(raw.detach()).to(x.device(), x.scalar_type());

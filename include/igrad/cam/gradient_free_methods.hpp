@@ -29,7 +29,7 @@ struct Cam {
   /// @brief The map before post-processing, `[N, h, w]`.
   torch::Tensor operator()(const CamRequest& request) const {
     torch::NoGradGuard no_grad;
-    const auto a = detail::checked_features(request.model, request.input);
+    const auto a = request_features(request);
     const int64_t k = a.size(1), h = a.size(2), w = a.size(3);
     const auto bias = detail::checked_head(request.model, torch::zeros({1, k, h, w}, a.options()));
     std::vector<torch::Tensor> columns;
@@ -117,7 +117,7 @@ struct ScoreCam {
   /// @brief The map before post-processing, `[N, h, w]`.
   torch::Tensor operator()(const CamRequest& request) const {
     torch::NoGradGuard no_grad;
-    const auto a = detail::checked_features(request.model, request.input);
+    const auto a = request_features(request);
     const bool pytorch_grad_cam =
         request.options.score_cam_convention() == ScoreCamConvention::pytorch_grad_cam;
     const CamScore score = pytorch_grad_cam ? CamScore::logit : request.options.score();
@@ -166,7 +166,7 @@ struct SSCam {
     detail::require(o.sscam_sigma() >= 0 && std::isfinite(o.sscam_sigma()),
                     "CamOptions::sscam_sigma is {}; expected a finite value >= 0", o.sscam_sigma());
     torch::NoGradGuard no_grad;
-    const auto a = detail::checked_features(request.model, request.input);
+    const auto a = request_features(request);
     auto generator = detail::noise_generator(o.generator(), o.seed());
     const double sigma = o.sscam_sigma();
     const auto scores = detail::masked_scores(
@@ -195,7 +195,7 @@ struct ISCam {
     detail::require(o.iscam_steps() > 0, "CamOptions::iscam_steps is {}; expected at least 1",
                     o.iscam_steps());
     torch::NoGradGuard no_grad;
-    const auto a = detail::checked_features(request.model, request.input);
+    const auto a = request_features(request);
     const double m = static_cast<double>(o.iscam_steps());
     const auto scores = detail::masked_scores(
         request, a, o.iscam_steps(), false, o.score(),
@@ -219,7 +219,7 @@ struct AblationCam {
   /// @brief The map before post-processing, `[N, h, w]`.
   torch::Tensor operator()(const CamRequest& request) const {
     torch::NoGradGuard no_grad;
-    const auto a = detail::checked_features(request.model, request.input);
+    const auto a = request_features(request);
     const int64_t n = a.size(0), k = a.size(1);
     const auto score = detail::gather_targets(detail::checked_head(request.model, a),
                                               request.targets);
@@ -248,7 +248,7 @@ struct EigenCam {
   /// @brief The map before post-processing, `[N, h, w]`.
   torch::Tensor operator()(const CamRequest& request) const {
     torch::NoGradGuard no_grad;
-    const auto a = detail::checked_features(request.model, request.input);
+    const auto a = request_features(request);
     const int64_t n = a.size(0), h = a.size(2), w = a.size(3);
     // Double precision: the principal direction of a nearly degenerate spectrum is fragile.
     const auto matrix = a.flatten(2).transpose(1, 2).to(torch::kDouble);  // [N, hw, K]
@@ -287,7 +287,7 @@ struct OptiCam {
     torch::Tensor a;
     {
       torch::NoGradGuard no_grad;
-      a = detail::checked_features(request.model, request.input);
+      a = request_features(request);
     }
     const auto& x = request.input;
     const int64_t n = a.size(0), height = x.size(2), width = x.size(3);

@@ -140,13 +140,18 @@ inline torch::Tensor checked_maps(const torch::Tensor& maps, const torch::Tensor
                       "images of shape " + shape_string(x));
 }
 
-/// Softmax probabilities `[N, K]` (double) of a batch; checks that the logits are `[N, K]`.
+/// Softmax probabilities `[N, K]` (double, on `x`'s device) of a batch; checks that the logits
+/// are `[N, K]`. The model runs on its own device and dtype (a CUDA model scores CPU images).
 inline torch::Tensor class_probabilities(const AnyModel& model, const torch::Tensor& x) {
-  const auto logits = model.forward(x);
+  const auto parameters = model.parameters();
+  const auto input = parameters.empty()
+                         ? x
+                         : x.to(parameters.front().device(), parameters.front().scalar_type());
+  const auto logits = model.forward(input);
   require(logits.defined() && logits.dim() == 2 && logits.size(0) == x.size(0),
           "the model returned logits of shape {} for a batch of {}; expected [{}, K]",
           shape_string(logits), x.size(0), x.size(0));
-  return torch::softmax(logits.to(torch::kDouble), 1);
+  return torch::softmax(logits.to(torch::kDouble), 1).to(x.device());
 }
 
 /// The class each image is scored for: the checked labels, or the argmax of `probabilities`.
