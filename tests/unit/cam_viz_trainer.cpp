@@ -50,7 +50,7 @@ std::array<int, 3> pixel(const torch::Tensor& rgb, int64_t row, int64_t column) 
 
 }  // namespace
 
-TEST_CASE("viz: viridis matches matplotlib's table at anchors; jet matches its formula by hand") {
+TEST_CASE("viz: viridis matches matplotlib's table at anchors, jet matches its formula by hand") {
   const auto t = torch::tensor({0.0, 0.25, 0.5, 0.75, 1.0}, torch::kDouble).view({1, 5});
   const auto viridis = igrad::apply_colormap(t, igrad::Colormap::viridis);
   CHECK(viridis.sizes() == torch::IntArrayRef({1, 5, 3}));

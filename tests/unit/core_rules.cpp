@@ -75,7 +75,7 @@ TEST_CASE("rules: the loss gradient equals the chain rule written out by hand, b
   CHECK(max_abs_diff(grad, du.matmul(w1)) < 1e-12);
 }
 
-TEST_CASE("rules: rectifier sites are counted; guided and deconv refuse a graph without one") {
+TEST_CASE("rules: rectifier sites are counted, guided and deconv refuse a graph without one") {
   auto tanh_model = hand_model(Rectifier::none);
   const auto x = torch::randn({2, 4}, torch::kDouble);
   const auto t = torch::tensor({0, 1});

@@ -130,7 +130,7 @@ TEST_CASE("saliency: GuidedBackprop and Deconvnet equal the gradient through a r
   }
 }
 
-TEST_CASE("saliency: SmoothGrad is the gradient for a linear model and without noise; seeded") {
+TEST_CASE("saliency: SmoothGrad is the gradient for a linear model and without noise, seeded") {
   torch::manual_seed(3);
   LinearNet linear;
   linear->to(torch::kDouble);
@@ -210,7 +210,7 @@ TEST_CASE("saliency: batches equal singles, dtype follows the input, .grad and m
   CHECK_FALSE(single.requires_grad());
 }
 
-TEST_CASE("saliency: saliency_map is abs-max over channels then min-max; zero stays zero") {
+TEST_CASE("saliency: saliency_map is abs-max over channels then min-max, zero stays zero") {
   const auto attributions = torch::tensor({{{{1.0, -4.0}}, {{-2.0, 0.5}}}, {{{0.0, 0.0}}, {{0.0, 0.0}}}});
   // [2, 2, 1, 2]: image 0 abs-max over channels = [2, 4] → min-max = [0, 2/(2+1e-7)].
   const auto maps = igrad::saliency_map(attributions);
