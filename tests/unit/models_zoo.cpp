@@ -123,9 +123,11 @@ TEST_CASE("MobileNet-V2 (CIFAR): shapes, split, 35 ReLU6 sites, a Trainer step")
   CHECK(blocks == 17);
   torch::manual_seed(5);
   MobileNetV2 small(igrad::models::MobileNetV2Options().classes(3).dropout(0.0));
+  // Adam at 1e-3 on 16×16 inputs: at 1e-2, or with 1×1 final feature maps, a few steps of this
+  // deep net bounce (the loss rose on LibTorch 2.11 though it fell on 1.13).
   const auto [first, last] =
-      train_steps(small, torch::randn({4, 3, 8, 8}), torch::tensor({0, 1, 2, 1}), 6, 1e-2);
-  CHECK(last < first);
+      train_steps(small, torch::randn({4, 3, 16, 16}), torch::tensor({0, 1, 2, 1}), 6, 1e-3);
+  CHECK(last < 0.5 * first);
 }
 
 TEST_CASE("adapters: a Sequential split at an index, and a pair of callables") {
