@@ -262,7 +262,7 @@ TEST_CASE("trainer: the Hana ablation runs one trainer per error function") {
 
 TEST_CASE("trainer: fit over a LibTorch data loader with CSV log, progress bar, early stop") {
   const fs::path dir = fs::path(IGRAD_TEST_BINARY_DIR) / "fit_csv";
-  fs::remove_all(dir);
+  remove_tree(dir);
   torch::manual_seed(9);
   TinyConv model;
   torch::optim::Adam optimizer(model->parameters(), 1e-2);
@@ -318,7 +318,7 @@ TEST_CASE("trainer: fit over a LibTorch data loader with CSV log, progress bar, 
 
 TEST_CASE("trainer: checkpoints are atomic and resuming reproduces an uninterrupted run") {
   const fs::path dir = fs::path(IGRAD_TEST_BINARY_DIR) / "checkpoints";
-  fs::remove_all(dir);
+  remove_tree(dir);
   auto make_loader = [] {
     return torch::data::make_data_loader<torch::data::samplers::RandomSampler>(
         ToyDataset(48).map(torch::data::transforms::Stack<>()),

@@ -243,7 +243,7 @@ TEST_CASE("cuda: fit with held-out reporting and a checkpoint keeps the model on
   for (int64_t i = 0; i < 64; i += 16)
     examples.push_back({batch.images.slice(0, i, i + 16), batch.labels.slice(0, i, i + 16)});
   const auto directory = std::filesystem::path(IGRAD_TEST_BINARY_DIR) / "cuda_fit";
-  std::filesystem::remove_all(directory);
+  remove_tree(directory);
   std::filesystem::create_directories(directory);
   const auto logs = trainer.fit(examples, 2, igrad::Checkpoint(directory / "last.pt"));
   REQUIRE(logs.size() == 2);

@@ -1,5 +1,7 @@
 // Datasets (SPEC §6): Fashion-MNIST on the real Debian files, IDX/gzip and CIFAR readers on files
 // the tests write (intact, truncated, corrupt), and the cluttered localisation set.
+#include "test_support.hpp"
+
 #include <igrad/data.hpp>
 
 #include <doctest/doctest.h>
@@ -24,7 +26,7 @@ const fs::path kFashionDir = "/usr/share/datasets/fashion-mnist";
 /// A fresh, empty directory under the build tree.
 fs::path scratch(const std::string& name) {
   const fs::path dir = fs::path(IGRAD_TEST_BINARY_DIR) / "data_scratch" / name;
-  fs::remove_all(dir);
+  igrad_test::remove_tree(dir);
   fs::create_directories(dir);
   return dir;
 }

@@ -23,7 +23,7 @@ namespace {
 
 fs::path scratch(const std::string& name) {
   const fs::path dir = fs::path(IGRAD_TEST_BINARY_DIR) / "models_scratch" / name;
-  fs::remove_all(dir);
+  igrad_test::remove_tree(dir);
   fs::create_directories(dir);
   return dir;
 }

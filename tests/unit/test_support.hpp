@@ -5,9 +5,23 @@
 #include <doctest/doctest.h>
 #include <torch/torch.h>
 
+#include <ftw.h>
+
+#include <cstdio>
+#include <filesystem>
 #include <functional>
 
 namespace igrad_test {
+
+/// Deletes a directory tree (if present) with POSIX nftw. Not std::filesystem::remove_all: the
+/// libtorch.so of PyTorch's 2.x wheels exports its own copy of it, which the dynamic linker binds
+/// our calls to, and that copy crashes on a non-empty directory (seen with 2.11).
+inline void remove_tree(const std::filesystem::path& directory) {
+  ::nftw(
+      directory.c_str(),
+      [](const char* path, const struct stat*, int, struct FTW*) { return std::remove(path); }, 16,
+      FTW_DEPTH | FTW_PHYS);
+}
 
 /// Which rectifier a tiny model uses, to cover every rectifier site kind of SPEC §1.
 enum class Rectifier { relu, relu_inplace, module_relu, module_relu_inplace, relu6, none };
