@@ -192,8 +192,12 @@ int64_t bench_score_cam(igrad::models::SmallCNN& model, const torch::Tensor& x,
                "loop/igrad {:.2f}\n", b, ms, n, difference, loop_ms / ms);
     if (best_batch == 0 || ms < best_ms) best_ms = ms, best_batch = b;
   }
+  // cuDNN runs float convolutions in TF32 (10-bit mantissa) and picks its algorithm by batch
+  // size, so on CUDA the two batchings agree to about 1e-3 only.
+  const double tolerance = device.is_cuda() ? 1e-3 : 1e-5;
   fmt::print("scorecam maps equal (pytorch-grad-cam convention): max |igrad - loop| {:.1e} over {} "
-             "maps, {}\n", worst_difference, n, worst_difference <= 1e-5 ? "ok" : "MISMATCH");
+             "maps (tolerance {:.0e}), {}\n", worst_difference, n, tolerance,
+             worst_difference <= tolerance ? "ok" : "MISMATCH");
   fmt::print("scorecam igrad {:.0f} ms (batch {}), per-image loop ({} per forward) {:.0f} ms, "
              "speedup {:.2f}\n", best_ms, best_batch, s.reference_batch, loop_ms, loop_ms / best_ms);
   return best_batch;

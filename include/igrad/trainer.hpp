@@ -324,12 +324,16 @@ class Trainer {
       return l;
     }
     const bool regularise = lambda != 0.0;
-    // Student: differentiable only when it contributes to the update; its batch norms get the
-    // cheaper exact second-order path (detail/batch_norm_double_backward.hpp).
+    // Student: differentiable only when it contributes to the update; its batch norms, ReLUs and
+    // max-pools get cheaper exact second-order paths (detail/batch_norm_double_backward.hpp).
     torch::Tensor standard;
     {
       std::optional<detail::ScopedBatchNormDoubleBackward> fast_batch_norm;
-      if (regularise) fast_batch_norm.emplace(std::vector<torch::Tensor>{l.classification});
+      std::optional<detail::ScopedPiecewiseLinearDoubleBackward> fast_piecewise_linear;
+      if (regularise) {
+        fast_batch_norm.emplace(std::vector<torch::Tensor>{l.classification});
+        fast_piecewise_linear.emplace(std::vector<torch::Tensor>{l.classification});
+      }
       standard = torch::autograd::grad({l.classification}, {input}, {}, /*retain_graph=*/true,
                                        /*create_graph=*/regularise)[0];
     }

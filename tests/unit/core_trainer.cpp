@@ -106,7 +106,7 @@ TEST_CASE("trainer: dL/dtheta including the double-backprop term matches finite 
   }
 }
 
-TEST_CASE("trainer: the fast batch-norm second-order path equals LibTorch's own") {
+TEST_CASE("trainer: the fast batch-norm, ReLU and max-pool second-order paths equal LibTorch's own") {
   for (bool affine : {true, false}) {
     CAPTURE(affine);
     torch::manual_seed(6);
@@ -125,6 +125,8 @@ TEST_CASE("trainer: the fast batch-norm second-order path equals LibTorch's own"
     {  // The fast path is taken: LibTorch's batch-norm node is the one the hook recognises.
       const auto logits = model(x.clone().requires_grad_(true));
       CHECK(igrad::detail::ScopedBatchNormDoubleBackward({logits}).hooked() == 1);
+      // and the ReLU and the max-pool get theirs (no all-zero second-order terms).
+      CHECK(igrad::detail::ScopedPiecewiseLinearDoubleBackward({logits}).hooked() == 2);
     }
     torch::optim::SGD unused(model->parameters(), 0.0);
     igrad::Trainer<igrad::CosineError, igrad::GuidedReLU> trainer(

@@ -20,6 +20,7 @@
 #include <torch/torch.h>
 
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 namespace igrad::detail {
@@ -137,6 +138,110 @@ class ScopedBatchNormDoubleBackward {
       nodes_.push_back(node);
       keys_.push_back(
           node->add_post_hook(std::make_unique<BatchNormInputGradientHook<BatchNormNode>>(bn)));
+    }
+  }
+
+  std::vector<torch::autograd::Node*> nodes_;
+  std::vector<std::uintptr_t> keys_;
+};
+
+/// Autograd function `(g, mask source) ↦ dx` for a ReLU's first-order backward
+/// `dx = g · [result > 0]`: the value is LibTorch's, the derivative goes to `g` alone.
+/// LibTorch's own double backward also returns an all-zero gradient for the ReLU's output (the
+/// mask is piecewise constant), which it materialises and adds into the forward graph's
+/// gradients: full-size work that changes nothing.
+struct ReluInputGradient : torch::autograd::Function<ReluInputGradient> {
+  /// `result` is the ReLU's (detached) output, `dx` LibTorch's first-order result.
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& g,
+                               const torch::Tensor& result, const torch::Tensor& dx) {
+    ctx->save_for_backward({result});
+    return dx.detach();
+  }
+  /// `ḡ · [result > 0]` for `g`; nothing for the constants.
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto result = ctx->get_saved_variables()[0];
+    return {torch::threshold_backward(grads[0], result, 0), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+/// Autograd function `(g, indices) ↦ dx` for a max-pool's first-order backward (`dx` scatters
+/// `g` to the arg-max positions): the value is LibTorch's, the derivative (gathering `ḡ` at the
+/// arg-max positions) goes to `g` alone. LibTorch's own double backward also returns an all-zero,
+/// input-sized gradient for the pooled input, materialised and added for nothing.
+struct MaxPoolInputGradient : torch::autograd::Function<MaxPoolInputGradient> {
+  /// `indices` are the pool's arg-max positions (flat over H·W), `dx` LibTorch's result.
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& g,
+                               const torch::Tensor& indices, const torch::Tensor& dx) {
+    ctx->save_for_backward({indices});
+    return dx.detach();
+  }
+  /// `ḡ` read at the arg-max positions, shaped like the pool's output.
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto indices = ctx->get_saved_variables()[0];
+    const auto gathered =
+        grads[0].contiguous().flatten(-2).gather(-1, indices.contiguous().flatten(-2));
+    return {gathered.view(indices.sizes()), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+/// Post-hook on a ReLU's (`ReluBackward0`) or a 2-D max-pool's (`MaxPool2DWithIndicesBackward0`)
+/// backward node: during a differentiable backward, replaces its input gradient by the same value
+/// carrying the derivative above.
+template <class Node>
+class PiecewiseLinearInputGradientHook final : public torch::autograd::FunctionPostHook {
+ public:
+  explicit PiecewiseLinearInputGradientHook(Node* node) : node_(node) {}
+  torch::autograd::variable_list operator()(
+      const torch::autograd::variable_list& grad_inputs,
+      const torch::autograd::variable_list& grad_outputs) override {
+    if (grad_inputs.empty() || !grad_inputs[0].defined() || grad_outputs.empty() ||
+        !grad_outputs[0].defined() || !grad_outputs[0].requires_grad() ||
+        !torch::GradMode::is_enabled())
+      return grad_inputs;
+    const auto self = node_->shared_from_this();
+    auto result = grad_inputs;
+    if constexpr (std::is_same_v<Node, torch::autograd::generated::ReluBackward0>) {
+      result[0] = ReluInputGradient::apply(grad_outputs[0], node_->result_.unpack(self).detach(),
+                                           grad_inputs[0].detach());
+    } else {
+      result[0] = MaxPoolInputGradient::apply(
+          grad_outputs[0], node_->result1_.unpack(self).detach(), grad_inputs[0].detach());
+    }
+    return result;
+  }
+
+ private:
+  Node* node_;
+};
+
+/// RAII: for one differentiable backward call (`create_graph`), gives every ReLU and 2-D max-pool
+/// in the graph behind `roots` the leaner second-order path; removes the hooks after.
+class ScopedPiecewiseLinearDoubleBackward {
+ public:
+  explicit ScopedPiecewiseLinearDoubleBackward(const std::vector<torch::Tensor>& roots) {
+    visit_graph(roots, [&](torch::autograd::Node* node) {
+      hook_if<torch::autograd::generated::ReluBackward0>(node);
+      hook_if<torch::autograd::generated::MaxPool2DWithIndicesBackward0>(node);
+    });
+  }
+  /// The number of nodes given the leaner path (for tests and diagnostics).
+  std::size_t hooked() const { return keys_.size(); }
+  ~ScopedPiecewiseLinearDoubleBackward() {
+    for (size_t i = 0; i < keys_.size(); ++i) nodes_[i]->del_post_hook(keys_[i]);
+  }
+  ScopedPiecewiseLinearDoubleBackward(const ScopedPiecewiseLinearDoubleBackward&) = delete;
+  ScopedPiecewiseLinearDoubleBackward& operator=(const ScopedPiecewiseLinearDoubleBackward&) =
+      delete;
+
+ private:
+  template <class PiecewiseNode>
+  void hook_if(torch::autograd::Node* node) {
+    if (auto* typed = dynamic_cast<PiecewiseNode*>(node); typed != nullptr) {
+      nodes_.push_back(node);
+      keys_.push_back(node->add_post_hook(
+          std::make_unique<PiecewiseLinearInputGradientHook<PiecewiseNode>>(typed)));
     }
   }
 
