@@ -20,7 +20,6 @@
 #include <torch/torch.h>
 
 #include <memory>
-#include <type_traits>
 #include <vector>
 
 namespace igrad::detail {
@@ -186,6 +185,13 @@ struct MaxPoolInputGradient : torch::autograd::Function<MaxPoolInputGradient> {
   }
 };
 
+/// A ReLU backward node saving its output as `result_` (LibTorch's generated name).
+template <class Node>
+concept SavesReluResult = requires(Node& node) { node.result_; };
+/// A max-pool backward node saving its arg-max indices as `result1_`.
+template <class Node>
+concept SavesPoolIndices = requires(Node& node) { node.result1_; };
+
 /// Post-hook on a ReLU's (`ReluBackward0`) or a 2-D max-pool's (`MaxPool2DWithIndicesBackward0`)
 /// backward node: during a differentiable backward, replaces its input gradient by the same value
 /// carrying the derivative above.
@@ -202,10 +208,10 @@ class PiecewiseLinearInputGradientHook final : public torch::autograd::FunctionP
       return grad_inputs;
     const auto self = node_->shared_from_this();
     auto result = grad_inputs;
-    if constexpr (std::is_same_v<Node, torch::autograd::generated::ReluBackward0>) {
+    if constexpr (SavesReluResult<Node>) {
       result[0] = ReluInputGradient::apply(grad_outputs[0], node_->result_.unpack(self).detach(),
                                            grad_inputs[0].detach());
-    } else {
+    } else if constexpr (SavesPoolIndices<Node>) {
       result[0] = MaxPoolInputGradient::apply(
           grad_outputs[0], node_->result1_.unpack(self).detach(), grad_inputs[0].detach());
     }
@@ -236,8 +242,10 @@ class ScopedPiecewiseLinearDoubleBackward {
       delete;
 
  private:
+  // Should a LibTorch version save these under other names, its nodes keep its own path.
   template <class PiecewiseNode>
   void hook_if(torch::autograd::Node* node) {
+    if constexpr (!SavesReluResult<PiecewiseNode> && !SavesPoolIndices<PiecewiseNode>) return;
     if (auto* typed = dynamic_cast<PiecewiseNode*>(node); typed != nullptr) {
       nodes_.push_back(node);
       keys_.push_back(node->add_post_hook(
