@@ -335,7 +335,7 @@ inline FeatureGradients feature_gradients(const CamRequest& request,
                                           const torch::Tensor& input = {}) {
   torch::AutoGradMode enable_grad(true);
   // The gradient stops at A: no graph through the features.
-  auto activations = input.defined() ? request_features(request, input) : request_features(request);
+  auto activations = request_features(request, input);
   activations = activations.detach().requires_grad_(true);
   const auto logits = detail::checked_head(request.model, activations);
   const auto scores = detail::gather_targets(logits, request.targets);
