@@ -166,8 +166,15 @@ int main(int argc, char** argv) {
         if (t == threads.front()) fmt::print("ratio {} {:.2f}\n", name, r / p);
         continue;
       }
-      const long mp = child_peak_kib(argv[0], name, false, t);
-      const long mr = child_peak_kib(argv[0], name, true, t);
+      // Peak RSS varies from process to process with what the allocator keeps: median of three.
+      const auto median_peak = [&](bool regularised) {
+        std::vector<double> peaks;
+        for (int run = 0; run < 3; ++run)
+          peaks.push_back(static_cast<double>(child_peak_kib(argv[0], name, regularised, t)));
+        return static_cast<long>(median(peaks));
+      };
+      const long mp = median_peak(false);
+      const long mr = median_peak(true);
       fmt::print("memory {} batch {} threads {}: plain {:.1f} MiB, regularised {:.1f} MiB, ratio {:.2f}\n",
                  name, w.x.size(0), t, mp / 1024.0, mr / 1024.0,
                  mp > 0 ? static_cast<double>(mr) / static_cast<double>(mp) : 0.0);
