@@ -1,5 +1,6 @@
 // Times the plain training step against igrad's regularised step (SPEC §2) on the same model and
-// batch, in one run, and measures each step's peak memory in a fresh child process.
+// batch, in one run, and measures each step's peak memory in fresh child processes (the median
+// of three).
 //
 //   igrad_bench_training [--threads 1,2] [--steps 10] [--models small_cnn,resnet18]
 //                        [--device cpu|cuda]
