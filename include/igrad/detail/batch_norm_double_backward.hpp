@@ -123,25 +123,16 @@ class ScopedBatchNormDoubleBackward {
     });
   }
   /// The number of batch norms given the cheaper path (for tests and diagnostics).
-  std::size_t hooked() const { return keys_.size(); }
-  ~ScopedBatchNormDoubleBackward() {
-    for (size_t i = 0; i < keys_.size(); ++i) nodes_[i]->del_post_hook(keys_[i]);
-  }
-  ScopedBatchNormDoubleBackward(const ScopedBatchNormDoubleBackward&) = delete;
-  ScopedBatchNormDoubleBackward& operator=(const ScopedBatchNormDoubleBackward&) = delete;
+  std::size_t hooked() const { return hooks_.size(); }
 
  private:
   template <class BatchNormNode>
   void hook_if(torch::autograd::Node* node) {
-    if (auto* bn = dynamic_cast<BatchNormNode*>(node); bn != nullptr && bn->training) {
-      nodes_.push_back(node);
-      keys_.push_back(
-          node->add_post_hook(std::make_unique<BatchNormInputGradientHook<BatchNormNode>>(bn)));
-    }
+    if (auto* bn = dynamic_cast<BatchNormNode*>(node); bn != nullptr && bn->training)
+      hooks_.add(node, std::make_unique<BatchNormInputGradientHook<BatchNormNode>>(bn));
   }
 
-  std::vector<torch::autograd::Node*> nodes_;
-  std::vector<std::uintptr_t> keys_;
+  ScopedPostHooks hooks_;
 };
 
 /// Autograd function `(g, mask source) ↦ dx` for a ReLU's first-order backward
@@ -233,28 +224,18 @@ class ScopedPiecewiseLinearDoubleBackward {
     });
   }
   /// The number of nodes given the leaner path (for tests and diagnostics).
-  std::size_t hooked() const { return keys_.size(); }
-  ~ScopedPiecewiseLinearDoubleBackward() {
-    for (size_t i = 0; i < keys_.size(); ++i) nodes_[i]->del_post_hook(keys_[i]);
-  }
-  ScopedPiecewiseLinearDoubleBackward(const ScopedPiecewiseLinearDoubleBackward&) = delete;
-  ScopedPiecewiseLinearDoubleBackward& operator=(const ScopedPiecewiseLinearDoubleBackward&) =
-      delete;
+  std::size_t hooked() const { return hooks_.size(); }
 
  private:
   // Should a LibTorch version save these under other names, its nodes keep its own path.
   template <class PiecewiseNode>
   void hook_if(torch::autograd::Node* node) {
     if constexpr (!SavesReluResult<PiecewiseNode> && !SavesPoolIndices<PiecewiseNode>) return;
-    if (auto* typed = dynamic_cast<PiecewiseNode*>(node); typed != nullptr) {
-      nodes_.push_back(node);
-      keys_.push_back(node->add_post_hook(
-          std::make_unique<PiecewiseLinearInputGradientHook<PiecewiseNode>>(typed)));
-    }
+    if (auto* typed = dynamic_cast<PiecewiseNode*>(node); typed != nullptr)
+      hooks_.add(node, std::make_unique<PiecewiseLinearInputGradientHook<PiecewiseNode>>(typed));
   }
 
-  std::vector<torch::autograd::Node*> nodes_;
-  std::vector<std::uintptr_t> keys_;
+  ScopedPostHooks hooks_;
 };
 
 }  // namespace igrad::detail

@@ -17,6 +17,7 @@
 #include <torch/torch.h>
 
 #include <concepts>
+#include <cstdint>
 #include <memory>
 #include <string_view>
 #include <unordered_set>
@@ -151,29 +152,44 @@ class RuleHook final : public torch::autograd::FunctionPostHook {
   R rule_;
 };
 
+/// RAII: post-hooks attached to autograd nodes, removed on destruction (also on exceptions), so
+/// that a hook acts on one backward call only and the model's graph is left as it was.
+class ScopedPostHooks {
+ public:
+  ScopedPostHooks() = default;
+  ScopedPostHooks(const ScopedPostHooks&) = delete;
+  ScopedPostHooks& operator=(const ScopedPostHooks&) = delete;
+  ~ScopedPostHooks() {
+    for (std::size_t i = 0; i < keys_.size(); ++i) nodes_[i]->del_post_hook(keys_[i]);
+  }
+  /// Attaches `hook` to `node` until this object is destroyed.
+  void add(torch::autograd::Node* node, std::unique_ptr<torch::autograd::FunctionPostHook> hook) {
+    keys_.push_back(node->add_post_hook(std::move(hook)));
+    nodes_.push_back(node);
+  }
+  /// Number of hooks attached.
+  std::size_t size() const { return keys_.size(); }
+
+ private:
+  std::vector<torch::autograd::Node*> nodes_;
+  std::vector<std::uintptr_t> keys_;
+};
+
 /// RAII: attaches a rule's hooks to the rectifier nodes of a graph, removes them on destruction.
 template <class R>
 class ScopedRule {
  public:
   ScopedRule(const std::vector<torch::Tensor>& roots, const R& rule) {
     if constexpr (!R::is_standard) {
-      nodes_ = find_rectifier_nodes(roots);
-      keys_.reserve(nodes_.size());
-      for (auto* node : nodes_)
-        keys_.push_back(node->add_post_hook(std::make_unique<RuleHook<R>>(rule)));
+      for (auto* node : find_rectifier_nodes(roots))
+        hooks_.add(node, std::make_unique<RuleHook<R>>(rule));
     }
   }
-  ~ScopedRule() {
-    for (std::size_t i = 0; i < keys_.size(); ++i) nodes_[i]->del_post_hook(keys_[i]);
-  }
-  ScopedRule(const ScopedRule&) = delete;
-  ScopedRule& operator=(const ScopedRule&) = delete;
   /// Number of rectifier sites the rule acts on.
-  std::size_t sites() const { return nodes_.size(); }
+  std::size_t sites() const { return hooks_.size(); }
 
  private:
-  std::vector<torch::autograd::Node*> nodes_;
-  std::vector<std::uintptr_t> keys_;
+  ScopedPostHooks hooks_;
 };
 
 }  // namespace detail
