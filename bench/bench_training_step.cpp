@@ -21,7 +21,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -66,20 +65,6 @@ double median(std::vector<double> v) {
   return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
 
-long rss_kib() {
-  std::ifstream status("/proc/self/status");
-  std::string key;
-  long value = 0;
-  while (status >> key) {
-    if (key == "VmRSS:") {
-      status >> value;
-      return value;
-    }
-    status.ignore(1 << 12, '\n');
-  }
-  return 0;
-}
-
 /// Child mode: peak resident memory added by `steps` steps of one kind, in KiB.
 int measure_memory(const std::string& model, bool regularised, int threads) {
   torch::set_num_threads(threads);
@@ -87,7 +72,7 @@ int measure_memory(const std::string& model, bool regularised, int threads) {
   w.model.train();
   torch::optim::Adam optimizer(w.model.parameters(), 1e-3);
   igrad::Trainer<> trainer(w.model, optimizer, igrad::TrainerOptions().lambda(7.5e-3));
-  const long before = rss_kib();
+  const long before = igrad::resident_memory_kib();
   for (int i = 0; i < 3; ++i) regularised ? (void)trainer.step(w.x, w.t) : plain_step(w, optimizer);
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);

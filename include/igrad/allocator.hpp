@@ -13,6 +13,9 @@
 #include <malloc.h>
 #endif
 
+#include <fstream>
+#include <string>
+
 namespace igrad {
 
 /// @brief Keeps freed memory in the process instead of trimming it after each step (glibc).
@@ -25,6 +28,22 @@ inline bool tune_allocator() {
 #else
   return false;
 #endif
+}
+
+/// @brief The process's resident memory (`VmRSS`) in KiB, read from `/proc/self/status`; 0 where
+/// that file does not exist (outside Linux). For memory benchmarks and leak checks.
+inline long resident_memory_kib() {
+  std::ifstream status("/proc/self/status");
+  std::string key;
+  long value = 0;
+  while (status >> key) {
+    if (key == "VmRSS:") {
+      status >> value;
+      return value;
+    }
+    status.ignore(1 << 12, '\n');
+  }
+  return 0;
 }
 
 }  // namespace igrad

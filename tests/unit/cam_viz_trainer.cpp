@@ -9,7 +9,6 @@
 #include <stb/stb_image.h>
 
 #include <filesystem>
-#include <fstream>
 #include <memory>
 
 using namespace igrad_test;
@@ -170,23 +169,6 @@ TEST_CASE("trainer: the CAM method is the third policy and reports cam_mean / ca
   CHECK(grad_logs.back().metrics.at("cam_average_drop") <= 100);
 }
 
-namespace {
-/// Resident memory of this process in KiB (Linux), for leak checks.
-long resident_kib() {
-  std::ifstream status("/proc/self/status");
-  std::string key;
-  long value = 0;
-  while (status >> key) {
-    if (key == "VmRSS:") {
-      status >> value;
-      return value;
-    }
-    status.ignore(1 << 12, '\n');
-  }
-  return 0;
-}
-}  // namespace
-
 TEST_CASE("explain: 10 000 consecutive calls inside training leave no memory behind") {
   torch::manual_seed(8);
   GapNet model;
@@ -194,9 +176,9 @@ TEST_CASE("explain: 10 000 consecutive calls inside training leave no memory beh
   const auto x = torch::randn({4, 1, 8, 8});
   const auto t = torch::tensor({0, 1, 2, 0});
   for (int i = 0; i < 200; ++i) igrad::explain<igrad::GradCamPlusPlus>(model, x, t);  // warm-up
-  const long before = resident_kib();
+  const long before = igrad::resident_memory_kib();
   for (int i = 0; i < 10000; ++i) igrad::explain<igrad::GradCamPlusPlus>(model, x, t);
-  const long grown = resident_kib() - before;
+  const long grown = igrad::resident_memory_kib() - before;
   CAPTURE(grown);
   // A graph or a gradient kept per call (about 1 KiB each here) would add 10 MiB or more.
   CHECK(grown < 4 * 1024);
