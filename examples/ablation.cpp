@@ -119,24 +119,19 @@ Scores measure(const Settings& settings, const Data& data, igrad::models::SmallC
                            .normalization(data.normalization)
                            .progress(false);
   const int64_t causal_images = settings.causal_samples.value_or(data.test_images.size(0));
-  if (causal_images == data.test_images.size(0)) {
-    const auto table =
-        igrad::evaluate(model, cams, {data.test_images, data.test_labels}, options);
-    scores.insertion = table.at(igrad::GradCam::name, "Insertion");
-    scores.deletion = table.at(igrad::GradCam::name, "Deletion");
-    scores.average_drop = table.at(igrad::GradCam::name, "AD");
-    scores.average_increase = table.at(igrad::GradCam::name, "AI");
-    scores.average_gain = table.at(igrad::GradCam::name, "AG");
-    return scores;
-  }
-  // Insertion and deletion cost H·W / W + 1 forward passes per image and metric: on fewer images.
+  // Insertion and deletion cost H·W / W + 1 forward passes per image and metric: when asked,
+  // they run on the first images only, and AD/AI/AG on all of them.
+  const bool fewer_causal = causal_images < data.test_images.size(0);
   auto faithfulness_options = options;
-  const auto faithfulness = igrad::evaluate(model, cams, {data.test_images, data.test_labels},
-                                            faithfulness_options.causal(false));
-  const auto causal = igrad::evaluate(
-      model, cams,
-      {data.test_images.slice(0, 0, causal_images), data.test_labels.slice(0, 0, causal_images)},
-      options);
+  if (fewer_causal) faithfulness_options.causal(false);
+  const auto faithfulness =
+      igrad::evaluate(model, cams, {data.test_images, data.test_labels}, faithfulness_options);
+  const auto causal =
+      fewer_causal ? igrad::evaluate(model, cams,
+                                     {data.test_images.slice(0, 0, causal_images),
+                                      data.test_labels.slice(0, 0, causal_images)},
+                                     options)
+                   : faithfulness;
   scores.average_drop = faithfulness.at(igrad::GradCam::name, "AD");
   scores.average_increase = faithfulness.at(igrad::GradCam::name, "AI");
   scores.average_gain = faithfulness.at(igrad::GradCam::name, "AG");
