@@ -19,6 +19,7 @@
 #include <cmath>
 #include <optional>
 #include <type_traits>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -164,7 +165,7 @@ class Trainer {
       throw;
     }
     optimizer_->zero_grad();
-    l.total.backward();
+    backward_to_parameters(l.total);
     optimizer_->step();
     ++steps_;
     StepResult result;
@@ -348,6 +349,25 @@ class Trainer {
       l.total = l.classification;
     }
     return l;
+  }
+
+  /// `loss.backward()` restricted to the parameters (the model's and the optimizer's) that
+  /// require a gradient: the step's input is a leaf too, and an unrestricted backward would also
+  /// compute its gradient, a transposed convolution of the first layer that nothing reads.
+  void backward_to_parameters(const torch::Tensor& loss) const {
+    std::vector<torch::Tensor> leaves;
+    std::unordered_set<const void*> seen;
+    const auto add = [&](const torch::Tensor& p) {
+      if (p.defined() && p.requires_grad() && seen.insert(p.unsafeGetTensorImpl()).second)
+        leaves.push_back(p);
+    };
+    for (const auto& p : model_.parameters()) add(p);
+    for (const auto& group : optimizer_->param_groups())
+      for (const auto& p : group.params()) add(p);
+    if (leaves.empty())
+      loss.backward();
+    else
+      loss.backward(/*gradient=*/{}, /*retain_graph=*/false, /*create_graph=*/false, leaves);
   }
 
   torch::Tensor forward_checked(const torch::Tensor& input) const {

@@ -146,6 +146,40 @@ TEST_CASE("trainer: the fast batch-norm, ReLU and max-pool second-order paths eq
   }
 }
 
+TEST_CASE("trainer: a step's gradients are those of an unrestricted backward, for every trainable parameter") {
+  // The step backpropagates to the parameters only (not to its input batch). Parameters outside
+  // the optimizer still get their gradient, and frozen ones none, as with loss.backward().
+  torch::manual_seed(12);
+  TinyConv model(3, true);
+  model->to(torch::kDouble);
+  model->train();
+  model->bn->bias.requires_grad_(false);
+  // The optimizer holds all but the convolution's weight; a learning rate of 0 keeps θ fixed.
+  std::vector<torch::Tensor> held;
+  for (auto& p : model->parameters())
+    if (!p.is_same(model->conv->weight) && p.requires_grad()) held.push_back(p);
+  torch::optim::SGD optimizer(held, 0.0);
+  igrad::Trainer<igrad::CosineError, igrad::GuidedReLU> trainer(
+      model, optimizer, igrad::TrainerOptions().lambda(0.7));
+  const auto x = torch::randn({4, 1, 6, 6}, torch::kDouble);
+  const auto t = torch::tensor({2, 0, 1, 1});
+  trainer.step(x, t);
+  std::vector<torch::Tensor> stepped;
+  for (auto& p : model->parameters()) {
+    stepped.push_back(p.grad().defined() ? p.grad().clone() : torch::Tensor());
+    p.mutable_grad() = torch::Tensor();
+  }
+  trainer.loss(x, t).total.backward();
+  const auto params = model->parameters();
+  for (size_t i = 0; i < params.size(); ++i) {
+    CAPTURE(i);
+    REQUIRE(stepped[i].defined() == params[i].grad().defined());
+    if (stepped[i].defined()) CHECK(max_abs_diff(stepped[i], params[i].grad()) < 1e-12);
+  }
+  CHECK(model->conv->weight.grad().defined());
+  CHECK_FALSE(model->bn->bias.grad().defined());
+}
+
 TEST_CASE("trainer: lambda = 0 gives exactly the parameter update of plain training") {
   torch::manual_seed(7);
   TinyConv a(3, true), b(3, true);
