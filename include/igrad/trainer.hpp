@@ -335,8 +335,14 @@ class Trainer {
         fast_batch_norm.emplace(std::vector<torch::Tensor>{l.classification});
         fast_piecewise_linear.emplace(std::vector<torch::Tensor>{l.classification});
       }
-      standard = torch::autograd::grad({l.classification}, {input}, {}, /*retain_graph=*/true,
-                                       /*create_graph=*/regularise)[0];
+      // Asking for the batch norms' affine gradients too costs nothing (their kernel computes
+      // the sums for dx anyway) and spares the second-order path computing them again.
+      std::vector<torch::Tensor> wanted{input};
+      if (fast_batch_norm)
+        wanted.insert(wanted.end(), fast_batch_norm->affine_parameters().begin(),
+                      fast_batch_norm->affine_parameters().end());
+      standard = torch::autograd::grad({l.classification}, wanted, {}, /*retain_graph=*/true,
+                                       /*create_graph=*/regularise, /*allow_unused=*/true)[0];
     }
     // Teacher: the same gradient under rule R, detached.
     const auto teacher = gradient<R>({l.classification}, {input}, {}, /*retain_graph=*/true,

@@ -127,6 +127,11 @@ TEST_CASE("trainer: the fast batch-norm, ReLU and max-pool second-order paths eq
       CHECK(igrad::detail::ScopedBatchNormDoubleBackward({logits}).hooked() == 1);
       // and the ReLU and the max-pool get theirs (no all-zero second-order terms).
       CHECK(igrad::detail::ScopedPiecewiseLinearDoubleBackward({logits}).hooked() == 2);
+      // With an affine batch norm the trainer asks for its weight and bias gradients, and the
+      // path reads its per-channel sums from them; without, it computes them itself. The
+      // comparison below covers both.
+      CHECK(igrad::detail::ScopedBatchNormDoubleBackward({logits}).affine_parameters().size() ==
+            (affine ? 2U : 0U));
     }
     torch::optim::SGD unused(model->parameters(), 0.0);
     igrad::Trainer<igrad::CosineError, igrad::GuidedReLU> trainer(

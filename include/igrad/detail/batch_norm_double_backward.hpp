@@ -16,10 +16,13 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/functions/accumulate_grad.h>
 #include <torch/csrc/autograd/generated/Functions.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <memory>
+#include <tuple>
 #include <vector>
 
 namespace igrad::detail {
@@ -32,19 +35,18 @@ namespace igrad::detail {
 /// \f[ \bar{dy} = γ r P(ḡ), \quad \bar x = −r c\,\bar{dy} − r\,\mathrm{mean}(ḡ x̂)\,dx − γ r^2 K x̂,
 ///     \quad \bar γ = m\,r K \f]
 /// LibTorch's own fused batch-norm backward, applied to `ḡ` with all three outputs, gives
-/// `γ r P(ḡ)`, `Σ ḡ x̂` and `Σ ḡ` in one kernel; applied to `dy` in the forward pass it gives
-/// `Σ dy x̂` and `Σ dy`. What is left is one product-reduction and three fused multiply-adds.
+/// `γ r P(ḡ)`, `Σ ḡ x̂` and `Σ ḡ` in one kernel; `Σ dy x̂` and `Σ dy` are the batch norm's own
+/// weight and bias gradients of the first-order pass (computed again from `dy` when that pass did
+/// not return them). What is left is one product-reduction and three fused multiply-adds.
 struct BatchNormInputGradient : torch::autograd::Function<BatchNormInputGradient> {
-  /// `dx` is LibTorch's first-order result; `mean` and `invstd` are the batch statistics.
+  /// `dx` is LibTorch's first-order result; `mean` and `invstd` are the batch statistics;
+  /// `sum_dy_xhat` and `sum_dy` are Σ dy x̂ and Σ dy per channel.
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& dy,
                                const torch::Tensor& x, const torch::Tensor& gamma,
                                const torch::Tensor& dx, const torch::Tensor& mean,
-                               const torch::Tensor& invstd) {
-    // Σ dy x̂ and Σ dy per channel, as the weight and bias gradients of the batch norm.
-    const auto sums = torch::native_batch_norm_backward(dy, x, gamma, {}, {}, mean, invstd,
-                                                        /*train=*/true, /*eps=*/0.0,
-                                                        {false, true, true});
-    ctx->save_for_backward({dy, x, gamma, dx, mean, invstd, std::get<1>(sums), std::get<2>(sums)});
+                               const torch::Tensor& invstd, const torch::Tensor& sum_dy_xhat,
+                               const torch::Tensor& sum_dy) {
+    ctx->save_for_backward({dy, x, gamma, dx, mean, invstd, sum_dy_xhat, sum_dy});
     return dx.detach();
   }
 
@@ -76,7 +78,8 @@ struct BatchNormInputGradient : torch::autograd::Function<BatchNormInputGradient
     x_bar.addcmul_(dx, -r * mean_gz);
     x_bar.addcmul_(x, -z_coefficient);
     const auto gamma_bar = (r * k * m).view({-1});
-    return {dy_bar, x_bar, gamma_bar, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {dy_bar,          x_bar,           gamma_bar,       torch::Tensor(),
+            torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -102,9 +105,21 @@ class BatchNormInputGradientHook final : public torch::autograd::FunctionPostHoo
     if (!gamma.defined()) gamma = torch::ones({x.size(1)}, x.options());
     const auto mean = node_->result1_.unpack(self).detach();
     const auto invstd = node_->result2_.unpack(self).detach();
+    // Σ dy x̂ and Σ dy per channel are the batch norm's weight and bias gradients: the node
+    // returned them when the backward call asked for them (its kernel reduces them for dx
+    // anyway); otherwise LibTorch's kernel computes them here.
+    torch::Tensor sum_dy_xhat, sum_dy;
+    if (grad_inputs.size() >= 3 && grad_inputs[1].defined() && grad_inputs[2].defined()) {
+      sum_dy_xhat = grad_inputs[1].detach();
+      sum_dy = grad_inputs[2].detach();
+    } else {
+      std::tie(std::ignore, sum_dy_xhat, sum_dy) = torch::native_batch_norm_backward(
+          grad_outputs[0].detach(), x, gamma, {}, {}, mean, invstd, /*train=*/true, /*eps=*/0.0,
+          {false, true, true});
+    }
     auto result = grad_inputs;
     result[0] = BatchNormInputGradient::apply(grad_outputs[0], x, gamma, grad_inputs[0].detach(),
-                                              mean, invstd);
+                                              mean, invstd, sum_dy_xhat, sum_dy);
     return result;
   }
 
@@ -124,15 +139,39 @@ class ScopedBatchNormDoubleBackward {
   }
   /// The number of batch norms given the cheaper path (for tests and diagnostics).
   std::size_t hooked() const { return hooks_.size(); }
+  /// The affine weights and biases of those batch norms. Adding them to the inputs of the
+  /// differentiable backward call makes each batch-norm node return Σ dy x̂ and Σ dy, which its
+  /// kernel computes anyway and the second-order path needs; otherwise the path computes them
+  /// again from `dy`.
+  const std::vector<torch::Tensor>& affine_parameters() const { return affine_parameters_; }
 
  private:
   template <class BatchNormNode>
   void hook_if(torch::autograd::Node* node) {
-    if (auto* bn = dynamic_cast<BatchNormNode*>(node); bn != nullptr && bn->training)
-      hooks_.add(node, std::make_unique<BatchNormInputGradientHook<BatchNormNode>>(bn));
+    auto* bn = dynamic_cast<BatchNormNode*>(node);
+    if (bn == nullptr || !bn->training) return;
+    hooks_.add(node, std::make_unique<BatchNormInputGradientHook<BatchNormNode>>(bn));
+    // Edges 1 and 2 lead to the weight's and the bias's gradient accumulators when both are
+    // trainable leaves.
+    const auto leaf = [&](std::size_t edge) -> torch::Tensor {
+      if (edge >= node->num_outputs()) return {};
+      auto* accumulator =
+          dynamic_cast<torch::autograd::AccumulateGrad*>(node->next_edge(edge).function.get());
+      return accumulator != nullptr ? accumulator->variable : torch::Tensor();
+    };
+    const auto weight = leaf(1), bias = leaf(2);
+    const auto listed = [&](const torch::Tensor& p) {  // a batch norm applied more than once
+      return std::any_of(affine_parameters_.begin(), affine_parameters_.end(),
+                         [&](const torch::Tensor& q) { return q.is_same(p); });
+    };
+    if (weight.defined() && bias.defined() && !listed(weight)) {
+      affine_parameters_.push_back(weight);
+      affine_parameters_.push_back(bias);
+    }
   }
 
   ScopedPostHooks hooks_;
+  std::vector<torch::Tensor> affine_parameters_;
 };
 
 /// Autograd function `(g, mask source) ↦ dx` for a ReLU's first-order backward
