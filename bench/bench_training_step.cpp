@@ -2,7 +2,7 @@
 // batch, in one run, and measures each step's peak memory in fresh child processes (the median
 // of three).
 //
-//   igrad_bench_training [--threads 1,2] [--steps 10] [--models small_cnn,resnet18]
+//   igrad_bench_training [--threads 1,2] [--steps 15] [--models small_cnn,resnet18]
 //                        [--device cpu|cuda]
 //
 // Prints one line per figure; each line ends with the ratio regularised / plain. On CUDA the
@@ -99,7 +99,7 @@ int main(int argc, char** argv) {
   CLI::App app{"igrad: plain vs regularised training step"};
   std::vector<int> threads{1, 2};
   std::vector<std::string> models{"small_cnn", "resnet18"};
-  int steps = 10;
+  int steps = 15;
   std::string device_name = "cpu";
   std::string child_model, child_kind;
   app.add_option("--threads", threads, "thread counts to measure")->delimiter(',');
@@ -133,7 +133,7 @@ int main(int argc, char** argv) {
         plain_step(w, plain_optimizer);
         trainer.step(w2.x, w2.t);
       }
-      std::vector<double> plain, regularised;
+      std::vector<double> plain, regularised, pair_ratios;
       for (int i = 0; i < steps; ++i) {  // interleaved, so load changes hit both alike
         synchronize(device);
         auto start = std::chrono::steady_clock::now();
@@ -144,12 +144,16 @@ int main(int argc, char** argv) {
         trainer.step(w2.x, w2.t);
         synchronize(device);
         regularised.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+        pair_ratios.push_back(regularised.back() / plain.back());
       }
-      const double p = median(plain), r = median(regularised);
-      fmt::print("time {} batch {} threads {}: plain {:.1f} ms, regularised {:.1f} ms, ratio {:.2f}\n",
-                 name, w.x.size(0), t, p, r, r / p);
+      // The machine's speed drifts during a run; a plain step and the regularised step right
+      // after it see the same conditions, so the median of their ratios is the steadier figure.
+      const double p = median(plain), r = median(regularised), ratio = median(pair_ratios);
+      fmt::print("time {} batch {} threads {}: plain {:.1f} ms, regularised {:.1f} ms (medians of "
+                 "{}), ratio of medians {:.2f}, median of step-pair ratios {:.2f}\n",
+                 name, w.x.size(0), t, p, r, steps, r / p, ratio);
       if (device.is_cuda()) {
-        if (t == threads.front()) fmt::print("ratio {} {:.2f}\n", name, r / p);
+        if (t == threads.front()) fmt::print("ratio {} {:.2f}\n", name, ratio);
         continue;
       }
       // Peak RSS varies from process to process with what the allocator keeps: median of three.
@@ -164,7 +168,7 @@ int main(int argc, char** argv) {
       fmt::print("memory {} batch {} threads {}: plain {:.1f} MiB, regularised {:.1f} MiB, ratio {:.2f}\n",
                  name, w.x.size(0), t, mp / 1024.0, mr / 1024.0,
                  mp > 0 ? static_cast<double>(mr) / static_cast<double>(mp) : 0.0);
-      if (t == threads.front()) fmt::print("ratio {} {:.2f}\n", name, r / p);
+      if (t == threads.front()) fmt::print("ratio {} {:.2f}\n", name, ratio);
     }
   }
   return 0;
