@@ -18,9 +18,12 @@ using namespace igrad_test;
 
 namespace {
 
+// Without a GPU each case prints the marker CTest's SKIP_REGULAR_EXPRESSION (tests/CMakeLists.txt)
+// looks for, so it is reported as skipped rather than passed.
 bool cuda_present() {
   if (torch::cuda::is_available()) return true;
-  MESSAGE("LibTorch sees no CUDA device: skipped (run tools/cuda/run-on-device.sh on a GPU)");
+  MESSAGE("igrad-test-skipped: LibTorch sees no CUDA device (run tools/cuda/run-on-device.sh on a "
+          "GPU)");
   return false;
 }
 
