@@ -369,7 +369,7 @@ void write_explanation_figure(const Config& c, const fs::path& dir, const Data& 
   const auto images = data.test.images().index_select(0, index).to(device);
   const auto targets = labels.index_select(0, index).to(device);
   std::vector<torch::Tensor> columns;
-  std::vector<std::string> titles{"image"};
+  std::vector<std::string> titles;
   auto add = [&](const std::string& title, const torch::Tensor& maps) {
     columns.push_back(maps.cpu());
     titles.push_back(title);
@@ -383,14 +383,9 @@ void write_explanation_figure(const Config& c, const fs::path& dir, const Data& 
     add(e.name + " R", e.maps(reg.model, images, targets));
   }
   const int64_t scale = images.size(2) <= 32 ? 3 : 1;
-  auto grid = igrad::explanation_grid(images.cpu(), columns,
-                                      igrad::ExplanationGridOptions().scale(scale).padding(4));
-  // Column titles in a band above the grid.
-  const int64_t band = 16, slot = images.size(3) * scale + 4;
-  auto out = torch::full({grid.size(0) + band, grid.size(1), 3}, 255, torch::kUInt8);
-  out.slice(0, band).copy_(grid);
-  for (size_t k = 0; k < titles.size(); ++k)
-    igrad::draw_text(out, static_cast<int>(4 + static_cast<int64_t>(k) * slot), 4, titles[k]);
+  const auto out = igrad::explanation_grid(
+      images.cpu(), columns,
+      igrad::ExplanationGridOptions().scale(scale).padding(4).column_labels(titles));
   igrad::write_png((dir / "explanations.png").string(), out);
 }
 

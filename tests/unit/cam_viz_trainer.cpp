@@ -109,6 +109,30 @@ TEST_CASE("viz: a grid written as PNG reads back with its size and known pixels"
                        doctest::Contains("/nonexistent-folder/x/grid.png"), igrad::Error);
 }
 
+TEST_CASE("viz: column labels put a band of text above each labelled column, the grid unchanged below") {
+  const auto images = torch::zeros({2, 1, 12, 40});
+  const auto maps = torch::rand({2, 12, 40});
+  const auto options = igrad::ExplanationGridOptions().padding(2).alpha(1.0);
+  const auto plain = igrad::explanation_grid(images, {maps, maps}, options);
+  auto labelled_options = options;
+  labelled_options.column_labels({"A", ""}).image_label("");
+  const auto labelled = igrad::explanation_grid(images, {maps, maps}, labelled_options);
+  const int64_t band = labelled.size(0) - plain.size(0);
+  REQUIRE(band > 0);
+  CHECK(labelled.size(1) == plain.size(1));
+  CHECK(torch::equal(labelled.slice(0, band), plain));
+  // Columns start at x = 2 + c * 42; only column 1 ("A") has dark text pixels in the band.
+  const auto dark = labelled.slice(0, 0, band).lt(128).any(2);
+  CHECK_FALSE(dark.slice(1, 0, 2 + 42).any().item<bool>());
+  CHECK(dark.slice(1, 2 + 42, 2 + 2 * 42).any().item<bool>());
+  CHECK_FALSE(dark.slice(1, 2 + 2 * 42).any().item<bool>());
+
+  auto wrong = options;
+  wrong.column_labels({"only one"});
+  CHECK_THROWS_WITH_AS(igrad::explanation_grid(images, {maps, maps}, wrong),
+                       doctest::Contains("1 column labels for 2 columns"), igrad::InvalidArgument);
+}
+
 TEST_CASE("cam statistics: mean and top-20% mass by hand") {
   // Five pixels per map: top 20 % = one pixel.
   const auto maps = torch::tensor({1.0, 0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0},

@@ -5,6 +5,7 @@
 #include <igrad/detail/tensor_checks.hpp>
 #include <igrad/exceptions.hpp>
 #include <igrad/viz/colormap.hpp>
+#include <igrad/viz/plot.hpp>
 
 // The implementation lives in the compiled libstb that igrad links (Stb::Stb): no
 // STB_IMAGE_WRITE_IMPLEMENTATION here, so that any number of translation units can include this.
@@ -86,18 +87,29 @@ struct ExplanationGridOptions {
   TORCH_ARG(int64_t, padding) = 2;
   /// Integer magnification of every cell (nearest neighbour), for small images such as 28×28.
   TORCH_ARG(int64_t, scale) = 1;
+  /// Labels written above the map columns, one per entry of `columns` (empty: no labels). The
+  /// image column, when shown, is labelled `image_label`.
+  TORCH_ARG(std::vector<std::string>, column_labels) = {};
+  /// Label of the image column when `column_labels` is given.
+  TORCH_ARG(std::string, image_label) = "image";
 };
 
 /// @brief A figure of explanations: one row per image, one column per map set (methods or
 /// models), each cell the map overlaid on its image; the picture `uint8 [H', W', 3]`.
 ///
-/// `images` is `[N, C, H, W]`; each entry of `columns` is `[N, H, W]` maps in [0, 1].
+/// `images` is `[N, C, H, W]`; each entry of `columns` is `[N, H, W]` maps in [0, 1]. With
+/// `column_labels`, a white band above the grid names each column.
 inline torch::Tensor explanation_grid(const torch::Tensor& images,
                                       const std::vector<torch::Tensor>& columns,
                                       const ExplanationGridOptions& options = {}) {
   detail::require(images.defined() && images.dim() == 4 && images.size(0) > 0,
                   "images have shape {}; expected [N, C, H, W]", detail::shape_string(images));
   detail::require(options.scale() >= 1, "scale is {}; expected >= 1", options.scale());
+  detail::require(options.column_labels().empty() ||
+                      options.column_labels().size() == columns.size(),
+                  "{} column labels for {} columns of maps; expected one label per column (or "
+                  "none)",
+                  options.column_labels().size(), columns.size());
   for (const auto& maps : columns)
     detail::require(maps.defined() && maps.dim() == 3 && maps.size(0) == images.size(0) &&
                         maps.size(1) == images.size(2) && maps.size(2) == images.size(3),
@@ -115,7 +127,26 @@ inline torch::Tensor explanation_grid(const torch::Tensor& images,
       row.push_back(enlarge(overlay(images[i], maps[i], options.alpha(), options.colormap())));
     cells.push_back(std::move(row));
   }
-  return make_grid(cells, options.padding());
+  auto grid = make_grid(cells, options.padding());
+  if (options.column_labels().empty()) return grid;
+
+  std::vector<std::string> labels;
+  if (options.show_image()) labels.push_back(options.image_label());
+  labels.insert(labels.end(), options.column_labels().begin(), options.column_labels().end());
+  const int64_t cell_width = images.size(3) * options.scale();
+  const int text_scale = cell_width >= 96 ? 2 : 1;  // stb's font is ~6 units a character
+  const int64_t band = 10 * text_scale + 4;
+  auto labelled = torch::full({grid.size(0) + band, grid.size(1), 3}, 255, torch::kUInt8);
+  labelled.slice(0, band).copy_(grid);
+  for (std::size_t c = 0; c < labels.size(); ++c) {
+    std::string measure = labels[c];
+    const int width = stb_easy_font_width(measure.data()) * text_scale;
+    const int64_t centre = options.padding() + static_cast<int64_t>(c) * (cell_width + options.padding()) +
+                           cell_width / 2;
+    draw_text(labelled, static_cast<int>(std::max<int64_t>(0, centre - width / 2)), 2, labels[c],
+              {0, 0, 0}, text_scale);
+  }
+  return labelled;
 }
 
 /// @brief `write_png(path, explanation_grid(images, columns, options))`.
