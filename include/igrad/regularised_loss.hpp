@@ -54,7 +54,9 @@ class BufferTransaction {
       copies_.push_back(b.clone());
     }
   }
+  /// @brief Not copyable: one transaction per step.
   BufferTransaction(const BufferTransaction&) = delete;
+  /// @brief Not copyable.
   BufferTransaction& operator=(const BufferTransaction&) = delete;
   /// @brief Restores the buffers unless `commit()` was called.
   ~BufferTransaction() {

@@ -49,6 +49,7 @@ struct EpochLog {
 /// points to it during `fit`. Type-erased so that a callback need not know the trainer's policies.
 class TrainerControl {
  public:
+  /// @brief Destroys the interface.
   virtual ~TrainerControl() = default;
   /// @brief The current λ of `L = L_C + λ L_R`.
   virtual double lambda() const = 0;
@@ -61,6 +62,15 @@ class TrainerControl {
 };
 
 /// @brief What callbacks see of the training run.
+///
+/// How `fit` calls callbacks (see `Callback`), in argument order: `on_train_begin` runs before
+/// the first step, so validate there (paths, held-out data, metric keys with `claim_metric`) and
+/// bad settings fail before any training is lost. `on_epoch_begin` returning `true` stops before
+/// that epoch runs. `on_after_backward(TrainerState&)` (void) runs in each step after the
+/// backward pass to the parameters and before `optimizer.step()`: the optimizer's parameters
+/// hold their `.grad`, to be read or changed (`GradientClipping`, averaging across processes).
+/// A callback with only that member is accepted too. Also shipped: `ExplanationMonitor`,
+/// `LambdaSchedule` (through `set_lambda`), `GradientClipping`.
 ///
 /// An aggregate; `fit` fills it. `epochs` is the epoch index this `fit` ends at (its first epoch
 /// is `Trainer::next_epoch()`), so "epoch 3/4" and the Checkpoint's last save read the same on a
@@ -105,20 +115,11 @@ struct TrainerState {
 ///
 /// - `on_train_begin(TrainerState&)`
 /// - `on_epoch_begin(TrainerState&)`
-/// - `on_after_backward(TrainerState&)` (see below)
 /// - `on_batch_end(TrainerState&, const StepResult&)`
 /// - `on_epoch_end(TrainerState&, EpochLog&)`
 /// - `on_train_end(TrainerState&)`
 ///
-/// `fit` calls them in argument order. `on_train_begin` runs before the first step: validate
-/// there (paths, held-out data, metric keys with `TrainerState::claim_metric`), so that bad
-/// settings fail before any training is lost. `on_epoch_begin` returning `true` stops before
-/// that epoch runs. `on_after_backward` runs in each step after the backward pass to the
-/// parameters and before `optimizer.step()`: the optimizer's parameters hold their `.grad`, to be
-/// read or changed (clipping, averaging across processes); it cannot stop training.
-///
-/// Shipped: `ProgressBar`, `CsvLogger`, `EarlyStopping`, `Checkpoint`, `ExplanationMonitor`,
-/// `LambdaSchedule`, `GradientClipping`. A callback of your own:
+/// Shipped: `ProgressBar`, `CsvLogger`, `EarlyStopping`, `Checkpoint`. A callback of your own:
 /// @code
 /// struct StopAtAccuracy {
 ///   double goal;
