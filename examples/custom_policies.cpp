@@ -173,7 +173,7 @@ int main() try {
   const auto progress = igrad::load_checkpoint(work / "checkpoint.pt", reloaded, resumed_optimizer);
   igrad::Trainer<CorrelationError, LeakyGuidedReLU, PositiveGradCam> resumed(reloaded,
                                                                              resumed_optimizer);
-  resumed.resume_at(progress.next_epoch, progress.global_step);  // fit(batches, 4) runs epochs 2, 3
+  resumed.resume_at(progress.next_epoch, progress.global_step);  // fit_to(batches, 4) runs epochs 2, 3
   //! [save_load]
   expect(progress.next_epoch == 2 && progress.global_step == 8, "the checkpoint's progress");
   {

@@ -226,7 +226,8 @@ TrainedModel train(const Config& c, const igrad::data::ImageDataset& data, doubl
   fmt::print("== training {} ({} samples, {} epochs, lambda {}, {} + GuidedReLU)\n", tag,
              data.count(), epochs, lambda, E::name);
   const auto start = std::chrono::steady_clock::now();
-  trainer.fit(loader, epochs, igrad::ProgressBar(stderr),
+  // fit_to: up to epoch `epochs` in all, so a resumed run trains only the epochs left.
+  trainer.fit_to(loader, epochs, igrad::ProgressBar(stderr),
               igrad::CsvLogger(result.epochs_csv, result.steps_csv), igrad::Checkpoint(checkpoint));
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   model.eval();

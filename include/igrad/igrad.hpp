@@ -14,6 +14,8 @@
 #include <igrad/callbacks/csv_logger.hpp>
 #include <igrad/callbacks/early_stopping.hpp>
 #include <igrad/callbacks/explanation_monitor.hpp>
+#include <igrad/callbacks/gradient_clipping.hpp>
+#include <igrad/callbacks/lambda_schedule.hpp>
 #include <igrad/callbacks/progress_bar.hpp>
 #include <igrad/cam.hpp>
 #include <igrad/data.hpp>
@@ -23,6 +25,7 @@
 #include <igrad/metrics/evaluate_cams.hpp>
 #include <igrad/model.hpp>
 #include <igrad/models.hpp>
+#include <igrad/regularised_loss.hpp>
 #include <igrad/rules/backprop_rules.hpp>
 #include <igrad/rules/input_gradient.hpp>
 #include <igrad/saliency.hpp>

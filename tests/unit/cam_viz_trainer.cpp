@@ -43,6 +43,23 @@ struct ToyDataset : torch::data::datasets::Dataset<ToyDataset> {
   torch::optional<size_t> size() const override { return images.size(0); }
 };
 
+std::vector<torch::Tensor> snapshot_parameters(const std::shared_ptr<torch::nn::Module>& module) {
+  std::vector<torch::Tensor> copies;
+  for (const auto& p : module->parameters()) copies.push_back(p.detach().clone());
+  return copies;
+}
+template <class M>
+std::vector<torch::Tensor> snapshot_parameters(const torch::nn::ModuleHolder<M>& module) {
+  return snapshot_parameters(module.ptr());
+}
+
+bool same_tensors(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (!torch::equal(a[i], b[i])) return false;
+  return true;
+}
+
 std::array<int, 3> pixel(const torch::Tensor& rgb, int64_t row, int64_t column) {
   return {rgb[row][column][0].item<int>(), rgb[row][column][1].item<int>(), rgb[row][column][2].item<int>()};
 }
@@ -142,7 +159,7 @@ TEST_CASE("cam statistics: mean and top-20% mass by hand") {
   CHECK(s.top_mass == doctest::Approx((1.0 + 0.2 + 0.0) / 3.0));
 }
 
-TEST_CASE("trainer: the CAM method is the third policy and reports cam_mean / cam_top20_mass") {
+TEST_CASE("trainer: held_out and ExplanationMonitor report statistics and faithfulness, one owner per key") {
   torch::manual_seed(2);
   GapNet model;
   torch::optim::SGD optimizer(model->parameters(), 0.05);
@@ -152,45 +169,105 @@ TEST_CASE("trainer: the CAM method is the third policy and reports cam_mean / ca
   ToyDataset data(24);
   const auto held_x = data.images.slice(0, 0, 6).clone();
   const auto held_t = data.labels.slice(0, 0, 6).clone();
-  trainer.held_out(held_x, held_t);
+  trainer.held_out(held_x, held_t);  // deprecated form of ExplanationMonitor<GradCam>
   auto loader = torch::data::make_data_loader(
       ToyDataset(24).map(torch::data::transforms::Stack<>()),
       torch::data::DataLoaderOptions().batch_size(8));
-  const auto logs = trainer.fit(loader, 2,
-                                igrad::ExplanationMonitor<igrad::ScoreCam>(held_x, held_t));
+  // Both would write cam_mean ... (igrad 0.1.0: the monitor silently overwrote the trainer's
+  // figures): refused before the first step.
+  const auto before = snapshot_parameters(model);
+  CHECK_THROWS_WITH_AS(trainer.fit(loader, 2, igrad::ExplanationMonitor<igrad::ScoreCam>(held_x, held_t)),
+                       doctest::Contains("would be written by both Trainer::held_out and "
+                                         "ExplanationMonitor<Score-CAM>"),
+                       igrad::InvalidArgument);
+  CHECK(trainer.steps() == 0);
+  CHECK(same_tensors(before, model->parameters()));
+  // With its own prefix the monitor reports beside the trainer's Grad-CAM.
+  const auto logs = trainer.fit(
+      loader, 2, igrad::ExplanationMonitor<igrad::ScoreCam>(held_x, held_t).prefix("score_cam_"));
   REQUIRE(logs.size() == 2);
   CHECK(model->is_training());  // fit restores the mode it found (a new module trains)
-  for (const auto& log : logs) {
-    REQUIRE(log.metrics.count("cam_mean") == 1);
-    REQUIRE(log.metrics.count("cam_top20_mass") == 1);
-    CHECK(log.metrics.at("cam_mean") >= 0);
-    CHECK(log.metrics.at("cam_mean") <= 1);
-    CHECK(log.metrics.at("cam_top20_mass") <= 1);
-  }
-  // The monitor ran after the trainer, so the last epoch's figures are Score-CAM's on the final
-  // weights; recompute both independently from the maps.
-  const auto score = igrad::map_statistics(igrad::explain<igrad::ScoreCam>(model, held_x, held_t));
-  CHECK(logs.back().metrics.at("cam_mean") == doctest::Approx(score.mean).epsilon(1e-9));
-  CHECK(logs.back().metrics.at("cam_top20_mass") == doctest::Approx(score.top_mass).epsilon(1e-9));
+  for (const auto& log : logs)
+    for (const char* name : {"cam_mean", "cam_top20_mass", "cam_average_drop", "cam_average_increase",
+                             "cam_average_gain", "score_cam_mean", "score_cam_top20_mass",
+                             "score_cam_average_drop", "score_cam_average_increase",
+                             "score_cam_average_gain"}) {
+      CAPTURE(name);
+      REQUIRE(log.metrics.count(name) == 1);
+    }
+  // The last epoch's figures are those of the final weights; recompute them independently from
+  // the maps and the faithfulness metric.
+  const auto& last = logs.back().metrics;
+  const auto grad_maps = igrad::explain<igrad::GradCam>(model, held_x, held_t);
+  const auto score_maps = igrad::explain<igrad::ScoreCam>(model, held_x, held_t);
+  const auto grad = igrad::map_statistics(grad_maps);
+  const auto score = igrad::map_statistics(score_maps);
+  CHECK(last.at("cam_mean") == doctest::Approx(grad.mean).epsilon(1e-9));
+  CHECK(last.at("cam_top20_mass") == doctest::Approx(grad.top_mass).epsilon(1e-9));
+  CHECK(last.at("score_cam_mean") == doctest::Approx(score.mean).epsilon(1e-9));
+  CHECK(last.at("score_cam_top20_mass") == doctest::Approx(score.top_mass).epsilon(1e-9));
+  CHECK(grad.mean != doctest::Approx(score.mean));
+  const auto f = igrad::faithfulness(model, held_x, grad_maps, held_t);
+  CHECK(last.at("cam_average_drop") == doctest::Approx(f.average_drop).epsilon(1e-9));
+  CHECK(last.at("cam_average_increase") == doctest::Approx(f.average_increase).epsilon(1e-9));
+  CHECK(last.at("cam_average_gain") == doctest::Approx(f.average_gain).epsilon(1e-9));
+  const auto fs_ = igrad::faithfulness(model, held_x, score_maps, held_t);
+  CHECK(last.at("score_cam_average_drop") == doctest::Approx(fs_.average_drop).epsilon(1e-9));
+  CHECK(last.at("cam_average_drop") >= 0);
+  CHECK(last.at("cam_average_drop") <= 100);
+  // The trainer's explain is its CAM policy's.
+  CHECK(max_abs_diff(trainer.explain(held_x, held_t), grad_maps) == 0);
+  // Two monitors on the same names are refused as well; a callback that writes a monitor's key
+  // without claiming it is caught when the monitor writes.
+  CHECK_THROWS_AS(trainer.fit(loader, 1, igrad::ExplanationMonitor<igrad::GradCamPlusPlus>(held_x)
+                                             .prefix("score_cam_"),
+                              igrad::ExplanationMonitor<igrad::ScoreCam>(held_x).prefix("score_cam_")),
+                  igrad::InvalidArgument);
+  struct Squatter {
+    void on_epoch_end(igrad::TrainerState&, igrad::EpochLog& log) { log.metrics["x_mean"] = 1; }
+  };
+  CHECK_THROWS_WITH_AS(trainer.fit(loader, 1, Squatter{},
+                                   igrad::ExplanationMonitor<igrad::GradCam>(held_x).prefix("x_")),
+                       doctest::Contains("already written"), igrad::InvalidArgument);
+}
 
-  // Without the monitor, the trainer's own policy (Grad-CAM) is what is reported.
-  auto again = torch::data::make_data_loader(
-      ToyDataset(24).map(torch::data::transforms::Stack<>()),
-      torch::data::DataLoaderOptions().batch_size(8));
-  trainer.resume_at(0, trainer.steps());
-  const auto grad_logs = trainer.fit(again, 1);
-  const auto grad = igrad::map_statistics(trainer.explain(held_x, held_t));
-  CHECK(grad_logs.back().metrics.at("cam_mean") == doctest::Approx(grad.mean).epsilon(1e-9));
-  CHECK(grad_logs.back().metrics.at("cam_top20_mass") == doctest::Approx(grad.top_mass).epsilon(1e-9));
-  const auto score_now = igrad::map_statistics(igrad::explain<igrad::ScoreCam>(model, held_x, held_t));
-  CHECK(grad.mean != doctest::Approx(score_now.mean));
-  // Faithfulness of the trainer's maps on the held-out batch, recomputed through the metrics.
-  const auto f = igrad::faithfulness(model, held_x, trainer.explain(held_x, held_t), held_t);
-  CHECK(grad_logs.back().metrics.at("cam_average_drop") == doctest::Approx(f.average_drop).epsilon(1e-9));
-  CHECK(grad_logs.back().metrics.at("cam_average_increase") == doctest::Approx(f.average_increase).epsilon(1e-9));
-  CHECK(grad_logs.back().metrics.at("cam_average_gain") == doctest::Approx(f.average_gain).epsilon(1e-9));
-  CHECK(grad_logs.back().metrics.at("cam_average_drop") >= 0);
-  CHECK(grad_logs.back().metrics.at("cam_average_drop") <= 100);
+TEST_CASE("fit: the held-out set and the model's features/head split are checked before the first step") {
+  // A conv net with only forward(): no features/head split, so no CAM.
+  struct FlatNetImpl : torch::nn::Module {
+    FlatNetImpl() { conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 3, 3))); }
+    torch::Tensor forward(torch::Tensor x) { return conv(x).mean({2, 3}); }
+    torch::nn::Conv2d conv{nullptr};
+  };
+  torch::manual_seed(3);
+  auto flat = std::make_shared<FlatNetImpl>();
+  torch::optim::SGD flat_optimizer(flat->parameters(), 0.1);
+  ToyDataset data(8);
+  const std::vector<torch::data::Example<>> batches{{data.images, data.labels}};
+  {
+    igrad::Trainer<> trainer(flat, flat_optimizer);
+    trainer.held_out(data.images.slice(0, 0, 2));
+    const auto before = snapshot_parameters(flat);
+    // igrad 0.1.0 trained the first epoch and then failed, losing it.
+    CHECK_THROWS_WITH_AS(trainer.fit(batches, 2), doctest::Contains("features/head split"),
+                         igrad::GraphError);
+    CHECK(trainer.steps() == 0);
+    CHECK(same_tensors(before, flat->parameters()));
+  }
+  {
+    igrad::Trainer<> trainer(flat, flat_optimizer);
+    CHECK_THROWS_AS(trainer.fit(batches, 2, igrad::ExplanationMonitor<>(data.images.slice(0, 0, 2))),
+                    igrad::GraphError);
+    CHECK(trainer.steps() == 0);
+  }
+  // A split model, but a held-out set of the wrong channel count.
+  GapNet model;
+  torch::optim::SGD optimizer(model->parameters(), 0.1);
+  igrad::Trainer<> trainer(model, optimizer);
+  const auto before = snapshot_parameters(model);
+  CHECK_THROWS_AS(trainer.fit(batches, 1, igrad::ExplanationMonitor<igrad::GradCam>(torch::randn({2, 3, 8, 8}))),
+                  igrad::InvalidArgument);
+  CHECK(trainer.steps() == 0);
+  CHECK(same_tensors(before, model->parameters()));
 }
 
 TEST_CASE("explain: 10 000 consecutive calls inside training leave no memory behind") {

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -397,7 +398,7 @@ TEST_CASE("trainer: checkpoints are atomic and resuming reproduces an uninterrup
   {
     igrad::Trainer<> trainer(resumed, opt_resumed);
     trainer.resume_at(info.next_epoch, info.global_step);
-    trainer.fit(resumed_loader, 3);
+    trainer.fit_to(resumed_loader, 3);  // the remaining epoch of 3
     CHECK(trainer.steps() == 9);
   }
   CHECK(all_equal(full->parameters(), resumed->parameters()));
@@ -422,4 +423,291 @@ TEST_CASE("trainer: checkpoints are atomic and resuming reproduces an uninterrup
     std::ofstream(dir / "garbage.pt") << "not a checkpoint";
   }
   CHECK_THROWS_AS(igrad::load_checkpoint(dir / "garbage.pt", check, opt_check), igrad::DataError);
+}
+
+namespace {
+
+/// Stacked batches of ToyDataset, as a plain range (a loader `fit` accepts).
+std::vector<torch::data::Example<>> toy_batches(int64_t batches, int64_t batch_size,
+                                                torch::Dtype dtype = torch::kFloat) {
+  ToyDataset data(batches * batch_size);
+  std::vector<torch::data::Example<>> out;
+  for (int64_t b = 0; b < batches; ++b)
+    out.push_back({data.images.slice(0, b * batch_size, (b + 1) * batch_size).to(dtype),
+                   data.labels.slice(0, b * batch_size, (b + 1) * batch_size)});
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("regularised_loss: the free function is the frozen-teacher loss and needs no optimizer") {
+  torch::manual_seed(15);
+  TinyConv model(3, true);
+  model->to(torch::kDouble);
+  model->train();
+  const auto x = torch::randn({3, 1, 6, 6}, torch::kDouble);
+  const auto t = torch::tensor({2, 0, 1});
+  const auto teacher = igrad::input_gradient<igrad::GuidedReLU>(model, x, t);
+  const auto buffers = snapshot(model->buffers());
+  const auto l = igrad::regularised_loss(model, x, t, 0.8, igrad::CosineError{}, igrad::GuidedReLU{});
+  // The forward pass updated the running statistics; evaluate the reference on the same ones.
+  CHECK(l.total.item<double>() ==
+        doctest::Approx(loss_with_frozen_teacher<igrad::CosineError>(model, x, t, teacher, 0.8))
+            .epsilon(1e-12));
+  CHECK(l.total.item<double>() ==
+        doctest::Approx(l.classification.item<double>() + 0.8 * l.regulariser.item<double>()));
+  CHECK(l.total.requires_grad());
+  // λ = 0 without reporting: L = L_C and L_R is 0.
+  const auto plain = igrad::regularised_loss(model, x, t, 0.0, igrad::CosineError{},
+                                             igrad::GuidedReLU{}, /*report_regulariser=*/false);
+  CHECK(plain.regulariser.item<double>() == 0.0);
+  CHECK(plain.total.item<double>() == plain.classification.item<double>());
+  // Misuse: a bad λ, and labels out of range found after the forward pass, which leaves the
+  // batch-norm statistics as they were (the buffer transaction).
+  const auto before = snapshot(model->buffers());
+  CHECK_THROWS_AS(igrad::regularised_loss(model, x, t, -0.5), igrad::InvalidArgument);
+  CHECK_THROWS_WITH_AS(igrad::regularised_loss(model, x, torch::tensor({0, 1, 3}), 0.8),
+                       doctest::Contains("expected class indices in [0, 3)"),
+                       igrad::InvalidArgument);
+  CHECK(all_equal(before, model->buffers()));
+  CHECK_FALSE(all_equal(buffers, model->buffers()));  // the successful calls did update them
+}
+
+TEST_CASE("trainer: fit(loader, n) runs n epochs each time it is called, fit_to runs up to an epoch") {
+  torch::manual_seed(16);
+  TinyConv model;
+  torch::optim::SGD optimizer(model->parameters(), 0.01);
+  igrad::Trainer<> trainer(model, optimizer, igrad::TrainerOptions().lambda(0.1));
+  const auto batches = toy_batches(3, 4);
+  const auto first = trainer.fit(batches, 2);
+  REQUIRE(first.size() == 2);
+  // A second fit on the same trainer trains two more epochs, numbered after the first two
+  // (igrad 0.1.0 ran none: fit(loader, n) meant "up to epoch n").
+  const auto second = trainer.fit(batches, 2);
+  REQUIRE(second.size() == 2);
+  CHECK(second[0].epoch == 2);
+  CHECK(second[1].epoch == 3);
+  CHECK(trainer.steps() == 12);
+  CHECK(trainer.next_epoch() == 4);
+  // fit_to: up to an epoch index, nothing when already there.
+  CHECK(trainer.fit_to(batches, 4).empty());
+  const auto last = trainer.fit_to(batches, 5);
+  REQUIRE(last.size() == 1);
+  CHECK(last[0].epoch == 4);
+  CHECK(trainer.steps() == 15);
+  // The state's epochs is where this fit ends: the Checkpoint's final save and "epoch 6/6".
+  struct SeeEpochs {
+    std::vector<int64_t> seen;
+    void on_epoch_end(igrad::TrainerState& s, igrad::EpochLog&) { seen.push_back(s.epochs); }
+  } see;
+  trainer.fit(batches, 1, see);
+  CHECK(see.seen == std::vector<int64_t>{6});
+  CHECK_THROWS_AS(trainer.fit(batches, -1), igrad::InvalidArgument);
+}
+
+TEST_CASE("trainer: on_epoch_begin returning true stops before that epoch runs") {
+  torch::manual_seed(17);
+  TinyConv model;
+  torch::optim::SGD optimizer(model->parameters(), 0.01);
+  igrad::Trainer<> trainer(model, optimizer);
+  struct StopAtSecondEpoch {
+    int batches = 0, ends = 0;
+    bool on_epoch_begin(igrad::TrainerState& s) { return s.epoch == 1; }
+    void on_batch_end(igrad::TrainerState&, const igrad::StepResult&) { ++batches; }
+    void on_train_end(igrad::TrainerState&) { ++ends; }
+  } stopper;
+  const auto logs = trainer.fit(toy_batches(3, 4), 5, stopper);
+  CHECK(logs.size() == 1);  // igrad 0.1.0 ran the second epoch anyway: 2 logs, 6 batches
+  CHECK(stopper.batches == 3);
+  CHECK(trainer.steps() == 3);
+  CHECK(stopper.ends == 1);
+}
+
+TEST_CASE("trainer: on_after_backward sees the step's gradients before the update and may change them") {
+  torch::manual_seed(18);
+  TinyConv model(3, true);
+  model->to(torch::kDouble);
+  const double rate = 0.1;
+  torch::optim::SGD optimizer(model->parameters(), rate);  // θ ← θ - rate g, by hand below
+  igrad::Trainer<> trainer(model, optimizer, igrad::TrainerOptions().lambda(0.5));
+  struct Record {
+    std::vector<torch::Tensor> parameters, gradients;
+    int calls = 0;
+    void on_after_backward(igrad::TrainerState& s) {
+      ++calls;
+      parameters.clear();
+      gradients.clear();
+      for (const auto& group : s.optimizer->param_groups())
+        for (const auto& p : group.params()) {
+          parameters.push_back(p.detach().clone());
+          gradients.push_back(p.grad().clone());
+        }
+    }
+    void on_batch_end(igrad::TrainerState& s, const igrad::StepResult&) {
+      // The update used exactly the gradients seen in the hook: θ_after = θ_before - rate g.
+      size_t i = 0;
+      for (const auto& group : s.optimizer->param_groups())
+        for (const auto& p : group.params()) {
+          CHECK(max_abs_diff(p, parameters[i] - 0.1 * gradients[i]) < 1e-12);
+          ++i;
+        }
+    }
+  } record;
+  trainer.fit(toy_batches(2, 4, torch::kDouble), 1, record);
+  CHECK(record.calls == 2);
+  // The hook's gradients are those of the loss at the step's weights (checked independently
+  // on a copy of the weights before one more step).
+  const auto batch = toy_batches(1, 4, torch::kDouble)[0];
+  TinyConv copy(3, true);
+  copy->to(torch::kDouble);
+  copy_state(*model, *copy);
+  torch::optim::SGD unused(copy->parameters(), 0.0);
+  igrad::Trainer<> reference(copy, unused, igrad::TrainerOptions().lambda(0.5));
+  reference.loss(batch.data, batch.target).total.backward();
+  trainer.fit(std::vector<torch::data::Example<>>{batch}, 1, record);
+  const auto params = copy->parameters();
+  for (size_t i = 0; i < params.size(); ++i)
+    CHECK(max_abs_diff(record.gradients[i], params[i].grad()) < 1e-12);
+
+  // The direct form: a step whose callable zeroes the gradients leaves θ where it was.
+  const auto before = snapshot(model->parameters());
+  int called = 0;
+  trainer.step(batch.data, batch.target, [&] {
+    ++called;
+    for (auto& p : model->parameters()) p.mutable_grad().zero_();
+  });
+  CHECK(called == 1);
+  CHECK(all_equal(before, model->parameters()));
+  // A callable that throws refuses the step: parameters, buffers and step count unchanged.
+  const auto buffers = snapshot(model->buffers());
+  const auto steps = trainer.steps();
+  CHECK_THROWS_AS(trainer.step(batch.data, batch.target,
+                               [] { throw igrad::NumericalError("gradients disagree"); }),
+                  igrad::NumericalError);
+  CHECK(all_equal(before, model->parameters()));
+  CHECK(all_equal(buffers, model->buffers()));
+  CHECK(trainer.steps() == steps);
+}
+
+TEST_CASE("trainer: callbacks reach lambda, and LambdaSchedule::warmup sets it per epoch") {
+  torch::manual_seed(19);
+  TinyConv model;
+  model->to(torch::kDouble);
+  torch::optim::SGD optimizer(model->parameters(), 0.01);
+  igrad::Trainer<> trainer(model, optimizer, igrad::TrainerOptions().lambda(9.0));
+  struct Record {
+    std::vector<double> lambdas;
+    void on_batch_end(igrad::TrainerState& s, const igrad::StepResult& r) {
+      lambdas.push_back(s.lambda());
+      // The step used that λ: L = L_C + λ L_R.
+      CHECK(r.loss == doctest::Approx(r.classification_loss + s.lambda() * r.regulariser_loss)
+                          .epsilon(1e-12));
+    }
+  } record;
+  // λ = 0 for one epoch, then 0.3 / 2 and 0.3, then 0.3.
+  trainer.fit(toy_batches(2, 4, torch::kDouble), 4, igrad::LambdaSchedule::warmup(0.3, 2, 1),
+              record);
+  REQUIRE(record.lambdas.size() == 8);
+  const std::vector<double> expected{0, 0, 0.15, 0.15, 0.3, 0.3, 0.3, 0.3};
+  for (size_t i = 0; i < expected.size(); ++i) CHECK(record.lambdas[i] == doctest::Approx(expected[i]));
+  CHECK(trainer.lambda() == doctest::Approx(0.3));
+  // A schedule with a negative λ fails before any step.
+  const auto before = snapshot(model->parameters());
+  const auto steps = trainer.steps();
+  CHECK_THROWS_WITH_AS(
+      trainer.fit(toy_batches(2, 4), 2, igrad::LambdaSchedule([](int64_t) { return -1.0; })),
+      doctest::Contains("expected a finite value >= 0"), igrad::InvalidArgument);
+  CHECK(all_equal(before, model->parameters()));
+  CHECK(trainer.steps() == steps);
+  // Outside fit a state has no trainer.
+  igrad::TrainerState orphan{model, &optimizer, 1};
+  CHECK_THROWS_AS(orphan.lambda(), igrad::InvalidArgument);
+  CHECK_THROWS_AS(igrad::LambdaSchedule::warmup(0.1, 0), igrad::InvalidArgument);
+}
+
+TEST_CASE("trainer: GradientClipping makes the update the clipped gradient") {
+  torch::manual_seed(20);
+  TinyConv model(3, true);
+  model->to(torch::kDouble);
+  torch::optim::SGD optimizer(model->parameters(), 1.0);  // θ ← θ - g: the update is g
+  igrad::Trainer<> trainer(model, optimizer, igrad::TrainerOptions().lambda(0.5));
+  struct RawGradients {
+    std::vector<torch::Tensor> g;
+    void on_after_backward(igrad::TrainerState& s) {
+      g.clear();
+      for (auto& p : s.model.parameters()) g.push_back(p.grad().clone());
+    }
+  } raw;
+  const double max_norm = 1e-3;
+  igrad::GradientClipping clipping(max_norm);
+  const auto before = snapshot(model->parameters());
+  trainer.fit(toy_batches(1, 4, torch::kDouble), 1, raw, clipping);  // raw runs before clipping
+  double squared = 0;
+  for (const auto& g : raw.g) squared += g.pow(2).sum().item<double>();
+  const double norm = std::sqrt(squared);
+  CHECK(clipping.last_norm() == doctest::Approx(norm).epsilon(1e-9));
+  REQUIRE(norm > 10 * max_norm);  // so that clipping matters
+  // LibTorch scales by max_norm / (norm + 1e-6).
+  const auto params = model->parameters();
+  double update_squared = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto update = before[i] - params[i];
+    CHECK(max_abs_diff(update, raw.g[i] * (max_norm / (norm + 1e-6))) < 1e-12);
+    update_squared += update.pow(2).sum().item<double>();
+  }
+  CHECK(std::sqrt(update_squared) == doctest::Approx(max_norm).epsilon(1e-5));
+  CHECK_THROWS_AS(igrad::GradientClipping(0.0), igrad::InvalidArgument);
+}
+
+TEST_CASE("trainer: CsvLogger fails on an unwritable path before the first step") {
+  const fs::path dir = fs::path(IGRAD_TEST_BINARY_DIR) / "csv_unwritable";
+  remove_tree(dir);
+  fs::create_directories(dir);
+  std::ofstream(dir / "a_file") << "not a folder";
+  torch::manual_seed(22);
+  TinyConv model;
+  torch::optim::SGD optimizer(model->parameters(), 0.1);
+  igrad::Trainer<> trainer(model, optimizer);
+  const auto before = snapshot(model->parameters());
+  // A folder cannot be made under a regular file, whoever runs the test (root included).
+  CHECK_THROWS_WITH_AS(trainer.fit(toy_batches(2, 4), 1, igrad::CsvLogger(dir / "a_file" / "log.csv")),
+                       doctest::Contains("CsvLogger cannot write"), igrad::Error);
+  CHECK(trainer.steps() == 0);
+  CHECK(all_equal(before, model->parameters()));
+}
+
+TEST_CASE("trainer: a resumed CSV log keeps its metric columns") {
+  const fs::path dir = fs::path(IGRAD_TEST_BINARY_DIR) / "csv_resume";
+  remove_tree(dir);
+  struct Validation {
+    void on_epoch_end(igrad::TrainerState& s, igrad::EpochLog& log) {
+      log.metrics["val_loss"] = 10.0 + static_cast<double>(s.epoch);
+    }
+  };
+  torch::manual_seed(23);
+  TinyConv model;
+  torch::optim::SGD optimizer(model->parameters(), 0.1);
+  {
+    igrad::Trainer<> trainer(model, optimizer);
+    trainer.fit(toy_batches(2, 4), 1, Validation{}, igrad::CsvLogger(dir / "epochs.csv"));
+  }
+  {  // A new process resuming at epoch 1, with a new logger on the same file.
+    igrad::Trainer<> trainer(model, optimizer);
+    trainer.resume_at(1, 2);
+    trainer.fit_to(toy_batches(2, 4), 3, Validation{}, igrad::CsvLogger(dir / "epochs.csv"));
+  }
+  std::ifstream in(dir / "epochs.csv");
+  std::string line;
+  std::vector<std::string> lines;
+  while (std::getline(in, line)) lines.push_back(line);
+  REQUIRE(lines.size() == 4);
+  CHECK(lines[0] == "epoch,loss,classification_loss,regulariser_loss,accuracy,seconds,val_loss");
+  for (int epoch = 0; epoch < 3; ++epoch) {
+    CAPTURE(epoch);
+    const auto& row = lines[static_cast<size_t>(epoch) + 1];
+    CHECK(row.rfind(std::to_string(epoch) + ",", 0) == 0);
+    // The last column is val_loss (igrad 0.1.0 dropped it from the resumed rows).
+    CHECK(row.substr(row.rfind(',') + 1) == std::to_string(10 + epoch));
+    CHECK(std::count(row.begin(), row.end(), ',') == 6);
+  }
 }
