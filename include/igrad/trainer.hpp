@@ -347,7 +347,7 @@ class Trainer {
     // Teacher: the same gradient under rule R, detached.
     const auto teacher = gradient<R>({l.classification}, {input}, {}, /*retain_graph=*/true,
                                      /*create_graph=*/false, rule_)[0].detach();
-    l.regulariser = torch::Tensor(error_(standard, teacher)).mean();
+    l.regulariser = apply_error(error_, standard, teacher).mean();
     if (regularise) {
       l.total = l.classification + lambda * l.regulariser;
     } else {

@@ -2,6 +2,7 @@
 /// @file callbacks/callback.hpp
 /// @brief What a training callback sees, and how `Trainer::fit` calls it.
 
+#include <igrad/concepts.hpp>
 #include <igrad/model.hpp>
 
 #include <torch/torch.h>
@@ -52,30 +53,6 @@ struct TrainerState {
   int64_t batch = 0;                           ///< batches done in the current epoch
   int64_t global_step = 0;                     ///< steps done since the trainer was made
   std::optional<int64_t> batches_per_epoch;    ///< known after the first epoch
-};
-
-/// @brief A training callback: any type with any subset of these members (detected with
-/// `requires`); a member returning `bool` stops training by returning `true`.
-///
-/// - `on_train_begin(TrainerState&)`
-/// - `on_epoch_begin(TrainerState&)`
-/// - `on_batch_end(TrainerState&, const StepResult&)`
-/// - `on_epoch_end(TrainerState&, EpochLog&)`
-/// - `on_train_end(TrainerState&)`
-///
-/// Shipped: `ProgressBar`, `CsvLogger`, `EarlyStopping`, `Checkpoint`. A callback of your own:
-/// @code
-/// struct StopAtAccuracy {
-///   double goal;
-///   bool on_epoch_end(igrad::TrainerState&, igrad::EpochLog& log) { return log.accuracy >= goal; }
-/// };
-/// trainer.fit(loader, 20, igrad::ProgressBar(), StopAtAccuracy{0.9});
-/// @endcode
-template <class C>
-concept Callback = requires(C& c, TrainerState& s, const StepResult& r, EpochLog& l) {
-  requires requires { c.on_train_begin(s); } || requires { c.on_epoch_begin(s); } ||
-      requires { c.on_batch_end(s, r); } || requires { c.on_epoch_end(s, l); } ||
-      requires { c.on_train_end(s); };
 };
 
 /// @}
