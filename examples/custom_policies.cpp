@@ -5,6 +5,7 @@
 // docs/custom_policies.md and docs/tutorial.md show the blocks between the `//! [name]` markers,
 // so every snippet in the documentation is code this file compiles and runs (a few seconds).
 #include <igrad/igrad.hpp>
+#include <igrad/testing/conformance.hpp>
 
 #include <cmath>
 #include <filesystem>
@@ -127,6 +128,18 @@ int main() try {
   expect(std::isfinite(logs.back().loss), "a finite loss");
   expect(logs.back().regulariser_loss >= -1 && logs.back().regulariser_loss <= 1,
          "a correlation error in [-1, 1]");
+
+  //! [conformance]
+  // The laws the concepts cannot check at compile time ([N] errors, finite at zero gradients, a
+  // rule acting inside its call only, maps [N, h, w] that match image by image, no .grad or
+  // buffer touched...), checked at run time on the policies above; put these in your tests.
+  for (const auto& report : {igrad::testing::check_error_function<CorrelationError>(),
+                             igrad::testing::check_backprop_rule<LeakyGuidedReLU>(),
+                             igrad::testing::check_cam_method<PositiveGradCam>(model, held_out)}) {
+    fmt::print("{}\n", report.summary());  // "<name>: conforms", or one line per broken law
+    expect(report.ok(), "a custom policy keeps its concept's laws");
+  }
+  //! [conformance]
 
   // The error function is finite for an all-zero gradient, value and derivative.
   const auto zero = torch::zeros({2, 1, 28, 28}, torch::requires_grad());

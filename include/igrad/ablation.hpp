@@ -13,13 +13,7 @@ namespace igrad {
 /// @{
 
 /// @brief The six error functions igrad ships, as a Hana type list, for ablations:
-/// @code
-/// boost::hana::for_each(igrad::all_error_functions, [&](auto type) {
-///   using E = typename decltype(type)::type;
-///   igrad::Trainer<E, igrad::GuidedReLU> trainer(model_for<E>(), optimizer, options);
-///   // ... train and evaluate, one row per E::name
-/// });
-/// @endcode
+/// @snippet doc_snippets.cpp ablation
 inline constexpr auto all_error_functions =
     boost::hana::tuple_t<SigmoidMasking, CenteredSigmoidMasking, HistogramIntersection,
                          CosineError, MeanAbsoluteError, MeanSquaredError>;

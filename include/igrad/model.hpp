@@ -8,6 +8,7 @@
 /// model's type so that one non-template code path serves every model, including adapters for
 /// `nn::Sequential`, pairs of callables and TorchScript modules.
 
+#include <igrad/concepts.hpp>
 #include <igrad/exceptions.hpp>
 
 #include <torch/torch.h>
@@ -25,38 +26,6 @@ namespace igrad {
 /// @defgroup models_group Models
 /// @brief The model concepts and the type-erased model handle.
 /// @{
-
-/// @brief A LibTorch module handle (`ModuleHolder` or `std::shared_ptr` to a module) whose
-/// `forward(x)` returns the logits `[N, K]`.
-///
-/// Requirements: `m->forward(x)` is a tensor and `m->parameters()` lists the parameters.
-/// Models igrad ships: every model of `igrad/models`. Minimal definition:
-/// @code
-/// struct NetImpl : torch::nn::Module {
-///   torch::nn::Linear fc{register_module("fc", torch::nn::Linear(784, 10))};
-///   torch::Tensor forward(torch::Tensor x) { return fc(x.flatten(1)); }
-/// };
-/// TORCH_MODULE(Net);  // igrad::Classifier<Net> holds
-/// @endcode
-template <class M>
-concept Classifier = requires(M& m, const torch::Tensor& x) {
-  { m->forward(x) } -> std::convertible_to<torch::Tensor>;
-  { m->parameters() } -> std::convertible_to<std::vector<torch::Tensor>>;
-};
-
-/// @brief A classifier split into a feature extractor and a head: `forward(x) == head(features(x))`.
-///
-/// `features(x)` is the feature map `A ∈ R^{N×K×h×w}` (the last rectifier's output) that class
-/// activation maps weight; `head(a)` maps it to logits. Minimal definition: a `Classifier` with
-/// @code
-/// torch::Tensor features(torch::Tensor x);
-/// torch::Tensor head(torch::Tensor a);
-/// @endcode
-template <class M>
-concept FeatureClassifier = Classifier<M> && requires(M& m, const torch::Tensor& x) {
-  { m->features(x) } -> std::convertible_to<torch::Tensor>;
-  { m->head(x) } -> std::convertible_to<torch::Tensor>;
-};
 
 /// @brief A copyable, type-erased handle to a classifier; copies share the same model.
 ///

@@ -184,7 +184,7 @@ RegularisedLoss regularised_loss_of_checked(const AnyModel& model, const torch::
   const auto teacher = gradient<R>({l.classification}, {input}, {}, /*retain_graph=*/true,
                                    /*create_graph=*/false, rule)[0]
                            .detach();
-  l.regulariser = torch::Tensor(error(standard, teacher)).mean();
+  l.regulariser = apply_error(error, standard, teacher).mean();  // checks the [N] contract
   if (regularise) {
     l.total = l.classification + lambda * l.regulariser;
   } else {

@@ -441,7 +441,7 @@ TEST_CASE("cam: misuse gives igrad exceptions with clear messages") {
   CHECK_THROWS_AS(igrad::explain<igrad::GradCam>(tiny, images(2, 10)), igrad::InvalidArgument);  // 10×10: fc rejects
   CHECK_THROWS_WITH_AS(igrad::explain<igrad::Cam>(tiny, x), doctest::Contains("global average pooling"),
                        igrad::GraphError);
-  CHECK_THROWS_AS(igrad::explain<igrad::GradCam>(TinyMlp(), torch::randn({2, 1, 2, 2})), igrad::GraphError);
+  CHECK_THROWS_AS(igrad::explain<igrad::GradCam>(igrad::AnyModel(TinyMlp()), torch::randn({2, 1, 2, 2})), igrad::GraphError);
   CHECK_THROWS_WITH_AS(igrad::explain<igrad::GradCam>(FlatFeatures(), torch::randn({2, 1, 8, 8})),
                        doctest::Contains("4-D feature map"), igrad::InvalidArgument);
   CHECK_THROWS_AS(igrad::explain<igrad::ScoreCam>(tiny, x, {}, igrad::CamOptions().batch_size(0)),

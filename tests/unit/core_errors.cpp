@@ -129,3 +129,86 @@ TEST_CASE("errors: a user-written error function drives the Trainer") {
   CHECK(r.regulariser_loss >= -1.0);
   CHECK(r.regulariser_loss <= 1.0);
 }
+
+namespace {
+// Near misses of igrad::ErrorFunction: each compiles as a type, none may pass for an error function.
+struct RuntimeNamedError {  // name is not a compile-time constant
+  static inline const char* name = "RuntimeNamedError";
+  torch::Tensor operator()(const torch::Tensor& s, const torch::Tensor&) const { return s.flatten(1).sum(1); }
+};
+struct MemberNamedError {  // name is a data member
+  const char* name = "MemberNamedError";
+  torch::Tensor operator()(const torch::Tensor& s, const torch::Tensor&) const { return s.flatten(1).sum(1); }
+};
+struct MutableCallError {  // the call operator is not const
+  static constexpr const char* name = "MutableCallError";
+  torch::Tensor operator()(const torch::Tensor& s, const torch::Tensor&) { return s.flatten(1).sum(1); }
+};
+// Breaks the [N] law: one number for the whole batch, which would change the loss's scale.
+struct ScalarError {
+  static constexpr const char* name = "ScalarError";
+  torch::Tensor operator()(const torch::Tensor& s, const torch::Tensor& g) const {
+    return (s - g).square().mean();
+  }
+};
+// Breaks the [N] law: one error per pixel, [N, p].
+struct PerPixelError {
+  static constexpr const char* name = "PerPixelError";
+  torch::Tensor operator()(const torch::Tensor& s, const torch::Tensor& g) const {
+    return (s - g).flatten(1).square();
+  }
+};
+}  // namespace
+static_assert(!igrad::ErrorFunction<RuntimeNamedError>);
+static_assert(!igrad::ErrorFunction<MemberNamedError>);
+static_assert(!igrad::ErrorFunction<MutableCallError>);
+static_assert(igrad::ErrorFunction<ScalarError>);  // the shape law is checked at the call
+// A rule maps two tensors to a tensor too; its is_standard flag is what tells it apart (issue 14).
+static_assert(!igrad::ErrorFunction<igrad::GuidedReLU>);
+static_assert(!igrad::ErrorFunction<igrad::StandardReLU>);
+static_assert(!igrad::ErrorFunction<igrad::DeconvReLU>);
+static_assert(!igrad::BackpropRule<igrad::CosineError>);
+
+TEST_CASE("errors: apply_error passes the shipped functions' [N] errors through unchanged") {
+  const auto s = student(), g = teacher();
+  igrad::for_each_policy(igrad::all_error_functions, [&](auto type) {
+    using E = typename decltype(type)::type;
+    CAPTURE(E::name);
+    CHECK(torch::equal(igrad::apply_error(E{}, s, g), E{}(s, g)));
+  });
+}
+
+TEST_CASE("errors: apply_error refuses a result that is not one error per sample") {
+  const auto s = student(), g = teacher();  // N = 2
+  CHECK_THROWS_WITH_AS(igrad::apply_error(ScalarError{}, s, g),
+                       doctest::Contains("ScalarError returned a tensor of shape [] for gradients "
+                                         "of shape [2, 1, 2, 2]; expected the per-sample errors [2]"),
+                       igrad::InvalidArgument);
+  CHECK_THROWS_WITH_AS(igrad::apply_error(PerPixelError{}, s, g),
+                       doctest::Contains("shape [2, 4]"), igrad::InvalidArgument);
+  // N = 1: a scalar is still not [1].
+  CHECK_THROWS_AS(igrad::apply_error(ScalarError{}, s.slice(0, 0, 1), g.slice(0, 0, 1)),
+                  igrad::InvalidArgument);
+  CHECK_THROWS_WITH_AS(igrad::apply_error(CorrelationError{}, s, g.view({2, 4})),
+                       doctest::Contains("expected two tensors [N, ...] of the same shape"),
+                       igrad::InvalidArgument);
+}
+
+TEST_CASE("errors: the Trainer refuses an error function that returns a scalar, model unchanged") {
+  torch::manual_seed(2);
+  TinyConv model(3, /*batch_norm=*/true);
+  torch::optim::SGD optimizer(model->parameters(), 0.05);
+  igrad::Trainer<ScalarError, igrad::GuidedReLU> trainer(model, optimizer,
+                                                         igrad::TrainerOptions().lambda(1.0));
+  std::vector<torch::Tensor> before;
+  for (const auto& t : model->parameters()) before.push_back(t.detach().clone());
+  for (const auto& t : model->buffers()) before.push_back(t.detach().clone());
+  CHECK_THROWS_WITH_AS(trainer.step(torch::randn({4, 1, 6, 6}), torch::tensor({0, 1, 2, 0})),
+                       doctest::Contains("expected the per-sample errors [4]"),
+                       igrad::InvalidArgument);
+  std::vector<torch::Tensor> after;
+  for (const auto& t : model->parameters()) after.push_back(t.detach());
+  for (const auto& t : model->buffers()) after.push_back(t.detach());
+  REQUIRE(after.size() == before.size());
+  for (std::size_t i = 0; i < after.size(); ++i) CHECK(torch::equal(after[i], before[i]));
+}

@@ -159,3 +159,44 @@ TEST_CASE("rules: input_gradient leaves parameter .grad and the model's mode alo
                        igrad::InvalidArgument);
   CHECK_THROWS_AS(igrad::input_gradient(m, x, torch::tensor({0})), igrad::InvalidArgument);
 }
+
+namespace {
+// Near misses of igrad::BackpropRule (issue 15): before, each of them passed the concept and
+// failed deep inside the library (or, for the run-time flag, in an `if constexpr`).
+struct RuntimeFlagRule {  // is_standard is not a constant expression
+  static inline bool is_standard = false;
+  static constexpr const char* name = "RuntimeFlagRule";
+  torch::Tensor operator()(const torch::Tensor& masked, const torch::Tensor&) const { return masked; }
+};
+struct MemberFlagRule {  // is_standard is a data member
+  bool is_standard = false;
+  static constexpr const char* name = "MemberFlagRule";
+  torch::Tensor operator()(const torch::Tensor& masked, const torch::Tensor&) const { return masked; }
+};
+struct IntFlagRule {  // is_standard is not a bool
+  static constexpr int is_standard = 0;
+  static constexpr const char* name = "IntFlagRule";
+  torch::Tensor operator()(const torch::Tensor& masked, const torch::Tensor&) const { return masked; }
+};
+struct RuntimeNameRule {  // name is not a compile-time constant
+  static constexpr bool is_standard = false;
+  static inline const char* name = "RuntimeNameRule";
+  torch::Tensor operator()(const torch::Tensor& masked, const torch::Tensor&) const { return masked; }
+};
+struct NoDefaultRule {  // not default-constructible
+  static constexpr bool is_standard = false;
+  static constexpr const char* name = "NoDefaultRule";
+  explicit NoDefaultRule(double l) : leak(l) {}
+  double leak;
+  torch::Tensor operator()(const torch::Tensor& masked, const torch::Tensor&) const { return masked; }
+};
+}  // namespace
+static_assert(!igrad::BackpropRule<RuntimeFlagRule>);
+static_assert(!igrad::BackpropRule<MemberFlagRule>);
+static_assert(!igrad::BackpropRule<IntFlagRule>);
+static_assert(!igrad::BackpropRule<RuntimeNameRule>);
+static_assert(!igrad::BackpropRule<NoDefaultRule>);
+static_assert(igrad::BackpropRule<igrad::StandardReLU> && igrad::BackpropRule<igrad::GuidedReLU> &&
+              igrad::BackpropRule<igrad::DeconvReLU>);
+// Rules and error functions are disjoint (issue 14: Trainer<GuidedReLU, GuidedReLU> compiled).
+static_assert(!igrad::ErrorFunction<igrad::GuidedReLU> && !igrad::BackpropRule<igrad::CosineError>);

@@ -2,6 +2,7 @@
 /// @file callbacks/callback.hpp
 /// @brief What a training callback sees, and how `Trainer::fit` calls it.
 
+#include <igrad/concepts.hpp>
 #include <igrad/exceptions.hpp>
 #include <igrad/model.hpp>
 
@@ -110,30 +111,6 @@ struct TrainerState {
   }
 };
 
-/// @brief A training callback: any type with any subset of these members (detected with
-/// `requires`); a member returning `bool` stops training by returning `true`.
-///
-/// - `on_train_begin(TrainerState&)`
-/// - `on_epoch_begin(TrainerState&)`
-/// - `on_batch_end(TrainerState&, const StepResult&)`
-/// - `on_epoch_end(TrainerState&, EpochLog&)`
-/// - `on_train_end(TrainerState&)`
-///
-/// Shipped: `ProgressBar`, `CsvLogger`, `EarlyStopping`, `Checkpoint`. A callback of your own:
-/// @code
-/// struct StopAtAccuracy {
-///   double goal;
-///   bool on_epoch_end(igrad::TrainerState&, igrad::EpochLog& log) { return log.accuracy >= goal; }
-/// };
-/// trainer.fit(loader, 20, igrad::ProgressBar(), StopAtAccuracy{0.9});
-/// @endcode
-template <class C>
-concept Callback = requires(C& c, TrainerState& s, const StepResult& r, EpochLog& l) {
-  requires requires { c.on_train_begin(s); } || requires { c.on_epoch_begin(s); } ||
-      requires { c.on_batch_end(s, r); } || requires { c.on_epoch_end(s, l); } ||
-      requires { c.on_train_end(s); };
-};
-
 /// @}
 
 namespace detail {
@@ -149,15 +126,9 @@ bool invoke_stop(F&& f) {
   }
 }
 
-/// A callback with an `on_after_backward(TrainerState&)` member.
-template <class C>
-concept HasAfterBackward = requires(C& c, TrainerState& s) { c.on_after_backward(s); };
-
 template <class... Cs>
 bool run_callbacks_begin(TrainerState& s, Cs&... cs) {
-  // on_after_backward is accepted beside the Callback concept's members, so that a callback
-  // with that hook only (e.g. GradientClipping) is one.
-  static_assert(((Callback<Cs> || HasAfterBackward<Cs>) && ...),
+  static_assert((Callback<Cs> && ...),
                 "igrad::Trainer::fit: each callback needs at least one of on_train_begin, "
                 "on_epoch_begin, on_after_backward, on_batch_end, on_epoch_end, on_train_end "
                 "(see igrad::Callback)");
@@ -185,7 +156,7 @@ template <class... Cs>
 void run_callbacks_after_backward(TrainerState& s, Cs&... cs) {
   (
       [&] {
-        if constexpr (HasAfterBackward<Cs>) cs.on_after_backward(s);
+        if constexpr (detail::calls_on_after_backward<Cs>) cs.on_after_backward(s);
       }(),
       ...);
 }

@@ -37,11 +37,7 @@ namespace igrad {
 /// The model is explained in evaluation mode and returned to training mode; no gradient or
 /// buffer of the model changes. Place it before callbacks that read the metrics (`CsvLogger`,
 /// `EarlyStopping`).
-/// @code
-/// trainer.fit(loader, 10, igrad::ExplanationMonitor<igrad::ScoreCam>(val_x, val_y)
-///                             .normalization(dataset.normalization()),
-///             igrad::CsvLogger("log.csv"));
-/// @endcode
+/// @snippet doc_snippets.cpp explanation_monitor
 /// @tparam C the CAM method (`CamMethod`).
 template <CamMethod C = GradCam>
 class ExplanationMonitor {

@@ -9,6 +9,7 @@
 /// evaluation mode, default targets, device and dtype, ReLU, min–max scaling and upsampling — so
 /// that every method is called the same way and batches give the same maps as single images.
 
+#include <igrad/concepts.hpp>
 #include <igrad/detail/tensor_checks.hpp>
 #include <igrad/exceptions.hpp>
 #include <igrad/model.hpp>
@@ -92,36 +93,6 @@ struct CamRequest {
   /// case `request_features` computes it.
   torch::Tensor activations;
 };
-
-/// @brief A CAM method: maps a `CamRequest` to the map before post-processing.
-///
-/// Requirements, for a type `C`:
-/// - default-constructible and copyable (a stateful method is passed by value to `explain`);
-/// - `C::name`, a `static constexpr const char*` naming it in figures and tables;
-/// - a const call operator `torch::Tensor operator()(const CamRequest&) const` returning the map
-///   `[N, h, w]` before ReLU and scaling (feature resolution for most methods; any resolution is
-///   accepted, `explain` upsamples to the input's).
-///
-/// Models igrad ships: `Cam`, `GradCam`, `GradCamPlusPlus`, `SmoothGradCamPlusPlus`, `ScoreCam`,
-/// `SSCam`, `ISCam`, `XGradCam`, `LayerCam`, `HiResCam`, `EigenCam`, `AblationCam`, `OptiCam`,
-/// `GuidedGradCam` (listed in `all_cam_methods`). A method of your own, built from
-/// `feature_gradients` and `weighted_feature_sum`:
-/// @code
-/// struct MaxGradCam {  // weights = the largest gradient of each channel
-///   static constexpr const char* name = "MaxGradCam";
-///   torch::Tensor operator()(const igrad::CamRequest& r) const {
-///     const auto fg = igrad::feature_gradients(r);
-///     return igrad::weighted_feature_sum(fg.gradients.amax({2, 3}), fg.activations);
-///   }
-/// };
-/// auto maps = igrad::explain<MaxGradCam>(model, x);  // [N, H, W] in [0, 1]
-/// @endcode
-template <class C>
-concept CamMethod = std::default_initializable<C> && std::copy_constructible<C> &&
-    requires(const C& method, const CamRequest& request) {
-      { C::name } -> std::convertible_to<const char*>;
-      { method(request) } -> std::convertible_to<torch::Tensor>;
-    };
 
 /// @brief The feature map, its gradient and the target scores of a batch (SPEC §4).
 struct FeatureGradients {

@@ -53,11 +53,7 @@ torch::Tensor explain_raw(const AnyModel& model, const torch::Tensor& x,
 /// and dtype, post-processed as SPEC §4 (see `normalize_cam`).
 ///
 /// Same arguments, guarantees and errors as `explain_raw`:
-/// @code
-/// auto maps = igrad::explain<igrad::GradCamPlusPlus>(model, images);          // predicted classes
-/// auto score = igrad::explain<igrad::ScoreCam>(model, images, labels,
-///                                              igrad::CamOptions().batch_size(128));
-/// @endcode
+/// @snippet doc_snippets.cpp explain
 template <CamMethod C>
 torch::Tensor explain(const AnyModel& model, const torch::Tensor& x,
                       const torch::Tensor& targets = {}, const CamOptions& options = {},
@@ -66,14 +62,36 @@ torch::Tensor explain(const AnyModel& model, const torch::Tensor& x,
   return normalize_cam(raw, x.size(2), x.size(3));
 }
 
+/// @brief Rejects at compile time a model whose type is known to have no features/head split:
+/// CAM methods weight the feature map `features(x)`, so such a model could only fail at run time.
+/// (Through an `AnyModel`, whose split is known at run time only, `explain` throws `GraphError`.)
+template <CamMethod C, Classifier M>
+  requires(!FeatureClassifier<M>)
+torch::Tensor explain_raw(const M&, const torch::Tensor&, const torch::Tensor& = {},
+                          const CamOptions& = {}, const C& = C()) {
+  static_assert(FeatureClassifier<M>,
+                "igrad::explain<C> with a CAM method needs a model with features(x) and head(a): "
+                "this model type is not an igrad::FeatureClassifier (see igrad/concepts.hpp, or "
+                "wrap the model with an adapter of igrad/models/adapters.hpp)");
+  return {};
+}
+
+/// @brief Rejects at compile time a model whose type is known to have no features/head split
+/// (see the `explain_raw` overload above).
+template <CamMethod C, Classifier M>
+  requires(!FeatureClassifier<M>)
+torch::Tensor explain(const M&, const torch::Tensor&, const torch::Tensor& = {},
+                      const CamOptions& = {}, const C& = C()) {
+  static_assert(FeatureClassifier<M>,
+                "igrad::explain<C> with a CAM method needs a model with features(x) and head(a): "
+                "this model type is not an igrad::FeatureClassifier (see igrad/concepts.hpp, or "
+                "wrap the model with an adapter of igrad/models/adapters.hpp)");
+  return {};
+}
+
 /// @brief The fourteen CAM methods igrad ships, as a Hana type list (for ablations, figures and
 /// conformance tests):
-/// @code
-/// boost::hana::for_each(igrad::all_cam_methods, [&](auto t) {
-///   using C = typename decltype(t)::type;
-///   // ...
-/// });
-/// @endcode
+/// @snippet doc_snippets.cpp all_cam_methods
 inline constexpr auto all_cam_methods =
     boost::hana::tuple_t<Cam, GradCam, GradCamPlusPlus, SmoothGradCamPlusPlus, ScoreCam, SSCam,
                          ISCam, XGradCam, LayerCam, HiResCam, EigenCam, AblationCam, OptiCam,

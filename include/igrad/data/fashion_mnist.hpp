@@ -38,12 +38,7 @@ struct FashionMnistOptions {
 /// The whole split is read once into memory (about 0.3 s for the 60 000 training images).
 /// Throws `DataError` when the directory is missing (naming the Debian package), or a file is
 /// missing, truncated or corrupt (naming the file).
-/// @code
-/// igrad::data::FashionMnist train;  // /usr/share/datasets/fashion-mnist, normalised
-/// auto [fit, validation] = igrad::data::train_validation_split(train, 5000);
-/// auto loader = torch::data::make_data_loader(
-///     fit.map(torch::data::transforms::Stack<>()), 128);
-/// @endcode
+/// @snippet doc_snippets.cpp fashion_mnist
 class FashionMnist : public ImageDataset {
  public:
   /// Mean pixel value of the training set (pixels in [0, 1]), used for normalisation.

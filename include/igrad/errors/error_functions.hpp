@@ -7,6 +7,7 @@
 /// sample (`[N]`). Norms in denominators are clamped one by one at 1e-12, and computed so that an
 /// exactly-zero gradient gives finite values and finite derivatives.
 
+#include <igrad/concepts.hpp>
 #include <igrad/detail/tensor_checks.hpp>
 
 #include <torch/torch.h>
@@ -18,37 +19,6 @@ namespace igrad {
 /// @defgroup error_functions_group Error functions
 /// @brief How far the standard input gradient is from the guided one (SPEC §3).
 /// @{
-
-/// @brief An error function `E(δ, δ')`: the regulariser's distance between gradients.
-///
-/// Requirements, for a type `E`:
-/// - copy-constructible (a stateful function is passed to the `Trainer`'s constructor);
-/// - a const call operator `torch::Tensor operator()(const torch::Tensor& standard,
-///   const torch::Tensor& guided) const` taking two `[N, ...]` tensors of the same shape and
-///   returning the `[N]` per-sample errors, differentiable in `standard`;
-/// - `E::name`, a `static constexpr const char*` naming it in tables.
-///
-/// Models igrad ships: `SigmoidMasking`, `CenteredSigmoidMasking`, `HistogramIntersection`,
-/// `CosineError`, `MeanAbsoluteError`, `MeanSquaredError`. One of your own:
-/// @code
-/// struct HuberError {
-///   static constexpr const char* name = "Huber";
-///   double delta = 1.0;
-///   torch::Tensor operator()(const torch::Tensor& s, const torch::Tensor& g) const {
-///     namespace F = torch::nn::functional;
-///     return F::huber_loss(s.flatten(1), g.flatten(1),
-///                          F::HuberLossFuncOptions().reduction(torch::kNone).delta(delta))
-///         .mean(1);
-///   }
-/// };
-/// igrad::Trainer<HuberError> trainer(model, optimizer, {}, HuberError{0.5});
-/// @endcode
-template <class E>
-concept ErrorFunction = std::copy_constructible<E> &&
-    requires(const E& error, const torch::Tensor& standard, const torch::Tensor& guided) {
-      { error(standard, guided) } -> std::convertible_to<torch::Tensor>;
-      { E::name } -> std::convertible_to<const char*>;
-    };
 
 namespace detail {
 
@@ -142,6 +112,35 @@ struct MeanSquaredError {
     return (s - g).square().mean(1);
   }
 };
+
+/// @brief The per-sample errors `error(standard, guided)`, checked: the one way igrad calls an
+/// error function, so that a function breaking the `[N]` law fails at the call with a message
+/// instead of silently changing the loss's scale.
+///
+/// `standard` and `guided` must be defined `[N, ...]` tensors of the same shape. Throws
+/// `InvalidArgument` when they are not, or when the function returns anything but `N`
+/// floating-point values `[N]` (a scalar, `[N, p]`, `[N, 1]`, ...): the regulariser is the mean
+/// of one error per sample (SPEC §2), so any other shape would weight the loss differently.
+template <ErrorFunction E>
+torch::Tensor apply_error(const E& error, const torch::Tensor& standard,
+                          const torch::Tensor& guided) {
+  detail::require(standard.defined() && guided.defined() && standard.dim() >= 1 &&
+                      standard.sizes() == guided.sizes(),
+                  "{}: gradients have shapes {} and {}; expected two tensors [N, ...] of the same "
+                  "shape",
+                  E::name, detail::shape_string(standard), detail::shape_string(guided));
+  const int64_t n = standard.size(0);
+  torch::Tensor errors = error(standard, guided);
+  detail::require(errors.defined() && errors.dim() == 1 && errors.size(0) == n,
+                  "the error function {} returned a tensor of shape {} for gradients of shape {}; "
+                  "expected the per-sample errors [{}] (reduce each sample's gradient image to one "
+                  "value: the trainer takes their mean)",
+                  E::name, detail::shape_string(errors), detail::shape_string(standard), n);
+  detail::require(errors.is_floating_point(),
+                  "the error function {} returned dtype {}; expected floating-point errors",
+                  E::name, std::string(c10::toString(errors.scalar_type())));
+  return errors;
+}
 
 /// @}
 }  // namespace igrad

@@ -261,12 +261,7 @@ MetricsTable evaluate_batches(const AnyModel& model, const std::vector<Explainer
 /// `data.regions` holds boxes or masks — the pointing games. The model runs in eval mode (its mode
 /// is restored after), metrics without gradients, everything on the images' device. Columns:
 /// see `MetricsTable`. Throws `InvalidArgument` for an empty dataset, bad maps or bad labels.
-/// @code
-/// auto table = igrad::evaluate(model, {{"Gradient", saliency}}, {images, labels, boxes},
-///                              igrad::EvaluationOptions().normalization(norm));
-/// fmt::print("{}", table);
-/// table.write_csv("metrics.csv");
-/// @endcode
+/// @snippet doc_snippets.cpp evaluate
 inline MetricsTable evaluate(const AnyModel& model, const std::vector<Explainer>& explainers,
                              const EvaluationBatch& data, const EvaluationOptions& options = {}) {
   detail::require_images(data.images, "the dataset's images");

@@ -25,10 +25,7 @@ namespace igrad {
 /// @brief One explainer per CAM type of a Hana type tuple, in order, named `C::name`, computing
 /// `igrad::explain<C>(model, x, targets, options)`.
 ///
-/// @code
-/// auto explainers = igrad::cam_explainers(boost::hana::tuple_t<igrad::GradCam, igrad::ScoreCam>);
-/// explainers.push_back({"Gradient", my_saliency});  // mix with runtime explainers
-/// @endcode
+/// @snippet doc_snippets.cpp cam_explainers
 template <class... CamTypes>
 std::vector<Explainer> cam_explainers(const boost::hana::tuple<CamTypes...>& cams,
                                       const CamOptions& options = {}) {
@@ -51,10 +48,7 @@ std::vector<Explainer> cam_explainers(const boost::hana::tuple<CamTypes...>& cam
 
 /// @brief Evaluates the CAM types of a Hana type tuple on a dataset held in tensors; see the
 /// `Explainer` overload of `evaluate`. `cam_options` configures every method.
-/// @code
-/// auto table = igrad::evaluate(model, boost::hana::tuple_t<igrad::GradCam, igrad::ScoreCam>,
-///                              {images, labels, boxes}, igrad::EvaluationOptions().batch_size(64));
-/// @endcode
+/// @snippet doc_snippets.cpp evaluate_cams
 template <class... CamTypes>
 MetricsTable evaluate(const AnyModel& model, const boost::hana::tuple<CamTypes...>& cams,
                       const EvaluationBatch& data, const EvaluationOptions& options = {},

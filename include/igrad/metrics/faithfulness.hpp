@@ -60,11 +60,7 @@ inline FaithfulnessScores faithfulness_scores(const AnyModel& model, const torch
 ///
 /// Each image's three terms are added in double, one image after another, and divided by N only
 /// in `result()`, so one batch of 12 and batches of 5 + 5 + 2 give the same numbers.
-/// @code
-/// igrad::FaithfulnessAccumulator faithfulness(igrad::MaskingOptions().normalization(norm));
-/// for (auto& [x, y] : batches) faithfulness.add(model, x, explain(x, y), y);
-/// auto r = faithfulness.result();  // r.average_drop, r.average_increase, r.average_gain
-/// @endcode
+/// @snippet doc_snippets.cpp faithfulness_accumulator
 class FaithfulnessAccumulator {
  public:
   /// @brief An empty accumulator using `options` for every batch.

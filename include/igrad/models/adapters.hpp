@@ -25,12 +25,7 @@ namespace igrad::models {
 /// Every layer must map one tensor to one tensor. Weights are saved and loaded with the
 /// Sequential's own `save` / `load` (the same archive layout as saving it directly).
 /// Throws `InvalidArgument` unless `0 < split < seq->size()`.
-/// @code
-/// torch::nn::Sequential net(torch::nn::Conv2d(1, 8, 3), torch::nn::ReLU(),
-///                           torch::nn::AdaptiveAvgPool2d(1), torch::nn::Flatten(),
-///                           torch::nn::Linear(8, 10));
-/// igrad::AnyModel model = igrad::models::split_sequential(net, 2);  // features: conv + ReLU
-/// @endcode
+/// @snippet doc_snippets.cpp split_sequential
 inline AnyModel split_sequential(torch::nn::Sequential sequential, std::size_t split) {
   detail::require(!sequential.is_empty(), "split_sequential() got an empty Sequential handle; "
                                           "expected a constructed torch::nn::Sequential");
@@ -58,11 +53,7 @@ inline AnyModel split_sequential(torch::nn::Sequential sequential, std::size_t s
 /// `forward(x)` is `head(features(x))`; parameters, buffers, train/eval and save/load go to
 /// `owner`. Use it when a model computes its feature map in a function of its own, e.g. a
 /// torchvision-like model whose `forward` does not return the map:
-/// @code
-/// auto model = igrad::models::from_callables(
-///     net, [net](const torch::Tensor& x) mutable { return net->trunk(x); },
-///     [net](const torch::Tensor& a) mutable { return net->classifier(a); });
-/// @endcode
+/// @snippet doc_snippets.cpp from_callables
 template <class Owner, class Features, class Head>
   requires std::invocable<Features&, const torch::Tensor&> &&
            std::invocable<Head&, const torch::Tensor&>

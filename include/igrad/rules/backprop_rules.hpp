@@ -9,6 +9,7 @@
 /// hooks again — also when the backward throws. Other backward calls on the same graph, earlier or
 /// later, and other threads with other graphs, never see the rule.
 
+#include <igrad/concepts.hpp>
 #include <igrad/exceptions.hpp>
 
 #include <torch/csrc/autograd/function.h>
@@ -29,34 +30,6 @@ namespace igrad {
 /// @defgroup rules_group Backprop rules
 /// @brief How gradients pass a rectifier `v = ReLU(u)` (SPEC §1).
 /// @{
-
-/// @brief A backprop rule: how the gradient passes a rectifier site.
-///
-/// Requirements, for a type `R`:
-/// - `R::is_standard`, a `static constexpr bool`: true when the rule is ordinary backprop (igrad
-///   then attaches nothing to the graph);
-/// - a const call operator `torch::Tensor operator()(const torch::Tensor& masked,
-///   const torch::Tensor& upstream) const` returning `δu`, given the ordinary result
-///   `masked = 1[site active] · δv` and the incoming gradient `upstream = δv`;
-/// - `R::name`, a `static constexpr const char*` naming it in tables and messages.
-///
-/// Models igrad ships: `StandardReLU`, `GuidedReLU`, `DeconvReLU`. A rule of your own:
-/// @code
-/// struct LeakyGuided {  // let 10 % of the negative signal through
-///   static constexpr bool is_standard = false;
-///   static constexpr const char* name = "LeakyGuided";
-///   torch::Tensor operator()(const torch::Tensor& masked, const torch::Tensor&) const {
-///     return torch::where(masked > 0, masked, 0.1 * masked);
-///   }
-/// };
-/// @endcode
-template <class R>
-concept BackpropRule = std::default_initializable<R> && std::copy_constructible<R> &&
-    requires(const R& rule, const torch::Tensor& masked, const torch::Tensor& upstream) {
-      { R::is_standard } -> std::convertible_to<bool>;
-      { R::name } -> std::convertible_to<const char*>;
-      { rule(masked, upstream) } -> std::convertible_to<torch::Tensor>;
-    };
 
 /// @brief Ordinary backprop: `δu = 1[u>0] · δv`.
 struct StandardReLU {

@@ -5,6 +5,7 @@
 /// `[N, H, W]` maps.
 
 #include <igrad/cam/cam_method.hpp>
+#include <igrad/concepts.hpp>
 #include <igrad/rules/input_gradient.hpp>
 #include <igrad/saliency/quadrature.hpp>
 
@@ -51,30 +52,6 @@ struct SaliencyRequest {
   torch::Tensor targets;    ///< class indices `[N]` (long), on the model's device
   SaliencyOptions options;  ///< the caller's options
 };
-
-/// @brief An input-space saliency method: maps a `SaliencyRequest` to input-shaped attributions.
-///
-/// Requirements, for a type `S`: default-constructible and copyable; `S::name`, a
-/// `static constexpr const char*`; a const call operator
-/// `torch::Tensor operator()(const SaliencyRequest&) const` returning attributions of the
-/// input's shape.
-///
-/// Models igrad ships: `Gradient`, `GuidedBackprop`, `Deconvnet`, `SmoothGrad`,
-/// `IntegratedGradients` (listed in `all_saliency_methods`). A method of your own:
-/// @code
-/// struct GradientTimesInput {
-///   static constexpr const char* name = "Gradient x Input";
-///   torch::Tensor operator()(const igrad::SaliencyRequest& r) const {
-///     return r.input * igrad::target_input_gradient<igrad::StandardReLU>(r, r.input);
-///   }
-/// };
-/// @endcode
-template <class S>
-concept SaliencyMethod = std::default_initializable<S> && std::copy_constructible<S> &&
-    requires(const S& method, const SaliencyRequest& request) {
-      { S::name } -> std::convertible_to<const char*>;
-      { method(request) } -> std::convertible_to<torch::Tensor>;
-    };
 
 /// @brief `∂y^c/∂x` of each sample's target logit at `x` (the request's targets), under backprop
 /// rule `R` — `input_gradient<R>` with `GradientOf::target_logit`, detached.
