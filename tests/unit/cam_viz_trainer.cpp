@@ -232,10 +232,11 @@ TEST_CASE("trainer: held_out and ExplanationMonitor report statistics and faithf
 }
 
 TEST_CASE("fit: the held-out set and the model's features/head split are checked before the first step") {
-  // A conv net with only forward(): no features/head split, so no CAM.
+  // A conv net (with a ReLU for the guided rule) with only forward(): no features/head split,
+  // so no CAM.
   struct FlatNetImpl : torch::nn::Module {
     FlatNetImpl() { conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 3, 3))); }
-    torch::Tensor forward(torch::Tensor x) { return conv(x).mean({2, 3}); }
+    torch::Tensor forward(torch::Tensor x) { return torch::relu(conv(x)).mean({2, 3}); }
     torch::nn::Conv2d conv{nullptr};
   };
   torch::manual_seed(3);
