@@ -150,6 +150,8 @@ class Trainer {
   /// Throws `InvalidArgument` for bad input and `NumericalError` when the loss is not finite;
   /// in both cases the parameters, buffers and optimizer state are left as they were.
   StepResult step(const torch::Tensor& x, const torch::Tensor& targets) {
+    // Training mode for the whole step, never interleaved with other threads' explanations.
+    TrainingModeGuard training(model_, true);
     auto [input, labels] = prepare(x, targets);
     BufferSnapshot snapshot(model_);
     RegularisedLoss l;
