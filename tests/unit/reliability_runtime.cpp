@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
@@ -392,6 +393,17 @@ TEST_CASE("runtime: the saliency progress callback counts differentiated inputs 
   igrad::explain<igrad::IntegratedGradients>(net, x, {}, igrad::SaliencyOptions(options).batch_size(25));
   CHECK(calls == Calls{{20, 50}, {40, 50}, {50, 50}});
   for (std::size_t i = 1; i < calls.size(); ++i) CHECK(calls[i].first > calls[i - 1].first);
+
+  // A callback may cancel by throwing: its exception passes unchanged and the mode is restored.
+  struct Cancelled : std::runtime_error {
+    using std::runtime_error::runtime_error;
+  };
+  CHECK_THROWS_AS(igrad::attribute<igrad::IntegratedGradients>(
+                      net, x, {},
+                      igrad::SaliencyOptions().batch_size(10).progress(
+                          [](int64_t, int64_t) { throw Cancelled("stop"); })),
+                  Cancelled);
+  CHECK(net->is_training());
 }
 
 TEST_CASE("runtime: Guided Grad-CAM differentiates batch_size images at a time, same maps") {

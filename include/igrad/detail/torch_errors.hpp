@@ -64,22 +64,22 @@ auto call_model_checked(const Model& model, F&& f, std::string_view what,
 }
 
 /// Runs the body `f()` of the explanation entry point `entry` (e.g. "Grad-CAM"); a LibTorch error
-/// that escaped the checks becomes an igrad exception naming the entry point (`InvalidArgument`;
-/// for exhausted memory, one that says which option bounds it). igrad's own exceptions pass.
+/// (`c10::Error`) that escaped the checks becomes an igrad exception naming the entry point
+/// (`InvalidArgument`; for exhausted memory, one that says which option bounds it). igrad's own
+/// exceptions and any other exception (one a progress callback throws to cancel, say) pass
+/// unchanged.
 template <class F>
 auto translate_torch_errors(std::string_view entry, std::string_view memory_option, F&& f)
     -> decltype(std::forward<F>(f)()) {
   try {
     return std::forward<F>(f)();
-  } catch (const Error&) {
-    throw;
   } catch (const std::bad_alloc&) {
     throw InvalidArgument(fmt::format(
         "{}: ran out of memory; expected a smaller batch or a smaller {} (it bounds how many "
         "inputs go through the model at once)",
         entry, memory_option));
-  } catch (const std::exception& e) {
-    const std::string said = first_line(e.what());
+  } catch (const c10::Error& e) {
+    const std::string said = first_line(e.what_without_backtrace());
     if (is_out_of_memory(said)) {
       throw InvalidArgument(fmt::format(
           "{}: ran out of memory; expected a smaller batch or a smaller {} (it bounds how many "
