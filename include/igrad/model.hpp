@@ -9,6 +9,7 @@
 /// `nn::Sequential`, pairs of callables and TorchScript modules.
 
 #include <igrad/concepts.hpp>
+#include <igrad/detail/mode_lease.hpp>
 #include <igrad/exceptions.hpp>
 
 #include <torch/torch.h>
@@ -155,21 +156,37 @@ class AnyModel {
   Functions fn_;
 };
 
-/// @brief Restores a model's train/eval mode when it goes out of scope.
+/// @brief Holds a model in train or eval mode for a scope, safely across threads.
+///
+/// The guard takes the model's mode lease (see `detail::ModeLeases`): on construction it waits
+/// until no other thread holds the model in the *other* mode, then switches it (if no other
+/// thread already holds it in this mode); on destruction, the last guard of the group restores
+/// the mode the first one found. So, for guards on one model (whichever `AnyModel` handle or
+/// adapter they were built from, since a model is identified by its first parameter):
+/// - inside a guard's scope the model is in the guard's mode, whatever other threads do through
+///   guards, `explain`, `attribute` or igrad's metrics (which all take such a guard);
+/// - guards in the same mode on several threads overlap; guards in different modes never do
+///   (a training step waits for the explanations under way, and they for it);
+/// - a guard nested on the same thread in the other mode (an explanation inside a training
+///   callback) suspends the outer one for its scope and takes it back after.
+///
+/// What it cannot guard: mode switches made without it (`module->train()`, `module->eval()`
+/// called directly) and forward passes run outside any guard. A training loop written by hand
+/// that shares its model with explaining threads must hold `TrainingModeGuard(model, true)` for
+/// each step (Trainer::step does).
 class TrainingModeGuard {
  public:
-  /// @brief Switches `model` to `training` and remembers the previous mode.
+  /// @brief Switches `model` to `training` (waiting for other threads' guards in the other mode)
+  /// and remembers what to restore.
   TrainingModeGuard(const AnyModel& model, bool training)
-      : model_(model), previous_(model.is_training()) {
-    model_.train(training);
-  }
-  ~TrainingModeGuard() { model_.train(previous_); }
+      : model_(model), key_(detail::ModeLeases::instance().acquire(model_, training)) {}
+  ~TrainingModeGuard() { detail::ModeLeases::instance().release(key_, model_); }
   TrainingModeGuard(const TrainingModeGuard&) = delete;
   TrainingModeGuard& operator=(const TrainingModeGuard&) = delete;
 
  private:
   AnyModel model_;
-  bool previous_;
+  const void* key_;
 };
 
 /// @}

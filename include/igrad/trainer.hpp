@@ -184,6 +184,8 @@ class Trainer : public TrainerControl {
   /// @endcode
   template <std::invocable F>
   StepResult step(const torch::Tensor& x, const torch::Tensor& targets, F&& after_backward) {
+    // Training mode for the whole step, never interleaved with other threads' explanations.
+    TrainingModeGuard training(model_, true);
     auto [input, labels] = detail::checked_batch(model_, x, targets);
     BufferTransaction transaction(model_);
     const auto l = detail::regularised_loss_of_checked(model_, input, labels, options_.lambda(),

@@ -11,6 +11,7 @@
 
 #include <igrad/concepts.hpp>
 #include <igrad/detail/tensor_checks.hpp>
+#include <igrad/detail/torch_errors.hpp>
 #include <igrad/exceptions.hpp>
 #include <igrad/model.hpp>
 #include <igrad/rules/backprop_rules.hpp>
@@ -25,6 +26,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 namespace igrad {
 
@@ -105,25 +107,9 @@ struct FeatureGradients {
 
 namespace detail {
 
-/// Runs `f()` (a forward, features or head call); a LibTorch error becomes `InvalidArgument`
-/// naming the shape the model rejected.
-template <class F>
-torch::Tensor call_model(F&& f, std::string_view what, const torch::Tensor& argument) {
-  try {
-    return std::forward<F>(f)();
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    throw InvalidArgument(fmt::format(
-        "the model's {} rejected a tensor of shape {}; expected the input size the model was "
-        "built for. LibTorch said: {}",
-        what, shape_string(argument), first_line(e.what())));
-  }
-}
-
 /// Logits `[N, K]` of a batch, checked.
 inline torch::Tensor checked_forward(const AnyModel& model, const torch::Tensor& x) {
-  auto logits = call_model([&] { return model.forward(x); }, "forward", x);
+  auto logits = call_model_checked(model, [&] { return model.forward(x); }, "forward", x);
   require(logits.dim() == 2 && logits.size(0) == x.size(0),
           "model output has shape {}; expected logits [{}, K]", shape_string(logits), x.size(0));
   return logits;
@@ -131,7 +117,7 @@ inline torch::Tensor checked_forward(const AnyModel& model, const torch::Tensor&
 
 /// Feature map `[N, K, h, w]` of a batch, checked (SPEC §4 needs a 4-D feature map).
 inline torch::Tensor checked_features(const AnyModel& model, const torch::Tensor& x) {
-  auto a = call_model([&] { return model.features(x); }, "features", x);
+  auto a = call_model_checked(model, [&] { return model.features(x); }, "features", x);
   require(a.dim() == 4 && a.size(0) == x.size(0),
           "the model's features(x) has shape {} for an input of shape {}; expected a 4-D feature "
           "map [N, K, h, w] (class activation maps weight its K channels)",
@@ -141,7 +127,7 @@ inline torch::Tensor checked_features(const AnyModel& model, const torch::Tensor
 
 /// Logits `[N, K]` from a feature map, checked.
 inline torch::Tensor checked_head(const AnyModel& model, const torch::Tensor& a) {
-  auto logits = call_model([&] { return model.head(a); }, "head", a);
+  auto logits = call_model_checked(model, [&] { return model.head(a); }, "head", a);
   require(logits.dim() == 2 && logits.size(0) == a.size(0),
           "the model's head(a) has shape {}; expected logits [{}, K]", shape_string(logits),
           a.size(0));
@@ -164,10 +150,12 @@ struct PreparedBatch {
 /// Validates `x` and `targets` (the predicted classes when undefined). The caller has already
 /// switched the model to evaluation mode, so the default targets are the eval-mode predictions.
 /// With `feature_map`, the logits are computed as head(features(x)) and the feature map is kept,
-/// so that a CAM method does not run the convolutions a second time.
+/// so that a CAM method does not run the convolutions a second time. A positive `chunk` runs the
+/// forward (or features) pass `chunk` samples at a time, bounding its memory on large batches.
 inline PreparedBatch prepare_batch(const AnyModel& model, const torch::Tensor& x,
                                    const torch::Tensor& targets, bool require_image,
-                                   std::string_view method, bool feature_map = false) {
+                                   std::string_view method, bool feature_map = false,
+                                   int64_t chunk = 0) {
   if (require_image) {
     require(x.defined() && x.dim() == 4, "{}: input has shape {}; expected images [N, C, H, W]",
             method, shape_string(x));
@@ -184,16 +172,36 @@ inline PreparedBatch prepare_batch(const AnyModel& model, const torch::Tensor& x
   torch::Tensor logits;
   {
     torch::NoGradGuard no_grad;
-    if (feature_map) {
+    if (feature_map && (chunk <= 0 || chunk >= batch.input.size(0))) {
       batch.activations = checked_features(model, batch.input);
       logits = checked_head(model, batch.activations);
-    } else {
+    } else if (feature_map) {
+      // The feature map is kept whole (the methods need it), but the convolutions' intermediate
+      // tensors only exist for one chunk at a time.
+      std::vector<torch::Tensor> parts;
+      for (int64_t start = 0; start < batch.input.size(0); start += chunk) {
+        parts.push_back(checked_features(
+            model, batch.input.slice(0, start, std::min(batch.input.size(0), start + chunk))));
+      }
+      batch.activations = torch::cat(parts, 0);
+      logits = checked_head(model, batch.activations);
+    } else if (chunk <= 0 || chunk >= batch.input.size(0)) {
       logits = checked_forward(model, batch.input);
+    } else {
+      // Only the class count and the predicted classes are kept from the logits.
+      std::vector<torch::Tensor> predictions;
+      for (int64_t start = 0; start < batch.input.size(0); start += chunk) {
+        const auto part = checked_forward(
+            model, batch.input.slice(0, start, std::min(batch.input.size(0), start + chunk)));
+        if (!logits.defined()) logits = part;
+        predictions.push_back(part.argmax(1));
+      }
+      if (!targets.defined()) batch.targets = torch::cat(predictions, 0);
     }
   }
   batch.classes = logits.size(1);
   if (!targets.defined()) {
-    batch.targets = logits.argmax(1);
+    if (!batch.targets.defined()) batch.targets = logits.argmax(1);
   } else {
     require_labels(targets, x.size(0), batch.classes);
     batch.targets = targets.to(batch.input.device(), torch::kLong);

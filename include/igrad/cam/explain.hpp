@@ -29,9 +29,24 @@ namespace igrad {
 /// returns to its previous mode (so a batch gives the same maps as its images one by one);
 /// no parameter's `.grad` is touched, and the result holds no autograd graph.
 ///
-/// Throws `InvalidArgument` for a malformed input, targets out of range, a 3-D feature map, or an
-/// input size the model rejects; `GraphError` for a model without a features/head split (or, for
-/// `Cam`, a head that is not GAP + Linear).
+/// Threads: the call holds the model's evaluation-mode lease (`TrainingModeGuard(model,
+/// false)`) for its whole duration. Explanations on several threads share one model safely and
+/// overlap (eval mode throughout; the last to finish restores the mode the first found). A scope
+/// that holds the model in training mode through `TrainingModeGuard` (`Trainer::step`, `fit`)
+/// on another thread is never interleaved with it: the call waits for that scope to end, and the
+/// scope waits for the call. Called on the thread that holds the training scope (a callback), it
+/// switches to eval mode and back. Mode switches made directly on the module
+/// (`module->train()`) bypass the lease and are not guarded.
+///
+/// Memory: the feature map is computed `CamOptions::batch_size` images at a time, the
+/// masked-input methods (and Guided Grad-CAM's guided gradient) go through the model that many
+/// inputs at a time, and `CamOptions::progress` hears about each of their batches.
+///
+/// Throws `InvalidArgument` for a malformed input, targets out of range or of the wrong shape, a
+/// 3-D feature map, images whose channel count the model rejects, an input size the model
+/// rejects, or any other LibTorch error inside the method (named in the message; never a raw
+/// `c10::Error`); `GraphError` for a model without a features/head split (or, for `Cam`, a head
+/// that is not GAP + Linear).
 template <CamMethod C>
 torch::Tensor explain_raw(const AnyModel& model, const torch::Tensor& x,
                           const torch::Tensor& targets = {}, const CamOptions& options = {},
@@ -40,19 +55,23 @@ torch::Tensor explain_raw(const AnyModel& model, const torch::Tensor& x,
                               "{} needs a model with a features/head split; expected "
                               "features(x) and head(a) (see igrad::FeatureClassifier)",
                               C::name);
+  detail::require(options.batch_size() > 0, "CamOptions::batch_size is {}; expected at least 1",
+                  options.batch_size());
   TrainingModeGuard evaluation(model, false);
-  const auto batch = detail::prepare_batch(model, x, targets, /*require_image=*/true, C::name,
-                                           /*feature_map=*/true);
-  const CamRequest request{model, batch.input, batch.targets, options, batch.activations};
-  torch::Tensor raw = method(request);
-  detail::require_raw_map(raw, x.size(0), C::name);
-  return torch::relu(raw.detach()).to(x.device(), x.scalar_type());
+  return detail::translate_torch_errors(C::name, "CamOptions::batch_size", [&] {
+    const auto batch = detail::prepare_batch(model, x, targets, /*require_image=*/true, C::name,
+                                             /*feature_map=*/true, options.batch_size());
+    const CamRequest request{model, batch.input, batch.targets, options, batch.activations};
+    torch::Tensor raw = method(request);
+    detail::require_raw_map(raw, x.size(0), C::name);
+    return torch::relu(raw.detach()).to(x.device(), x.scalar_type());
+  });
 }
 
 /// @brief Saliency maps of method `C` for a batch: `[N, H, W]` in [0, 1] on the input's device
 /// and dtype, post-processed as SPEC §4 (see `normalize_cam`).
 ///
-/// Same arguments, guarantees and errors as `explain_raw`:
+/// Same arguments, guarantees (threads, memory) and errors as `explain_raw`:
 /// @snippet doc_snippets.cpp explain
 template <CamMethod C>
 torch::Tensor explain(const AnyModel& model, const torch::Tensor& x,

@@ -16,6 +16,9 @@
 #include <algorithm>
 #include <cmath>
 #include <concepts>
+#include <functional>
+#include <string>
+#include <vector>
 
 namespace igrad {
 
@@ -39,9 +42,16 @@ struct SaliencyOptions {
   TORCH_ARG(Integration, integration) = Integration::gauss_legendre;
   /// Integrated gradients: the baseline x_b, input-shaped or broadcastable; zero when undefined.
   TORCH_ARG(torch::Tensor, baseline) = {};
-  /// Most inputs per forward pass (integrated gradients batches its path points, SmoothGrad its
-  /// noisy copies, up to this many images at once).
+  /// Most inputs per forward/backward pass: the chunk size. Every method differentiates at most
+  /// this many inputs at once (images, noisy copies of SmoothGrad, path points of integrated
+  /// gradients), so the autograd graph, and the peak memory, do not grow with the batch; small
+  /// batches are filled with several copies or path points per pass. Results do not depend on it
+  /// beyond floating-point rounding (SmoothGrad's noise is drawn one whole-batch copy at a time
+  /// whatever the chunk).
   TORCH_ARG(int64_t, batch_size) = 64;
+  /// Called as `progress(done, total)` after each pass, counting differentiated inputs: N for
+  /// the gradient methods, N · samples for SmoothGrad, N · steps for integrated gradients.
+  TORCH_ARG(std::function<void(int64_t, int64_t)>, progress) = nullptr;
 };
 
 /// @brief What an input-space method receives: the model in evaluation mode, the batch on the
@@ -53,14 +63,68 @@ struct SaliencyRequest {
   SaliencyOptions options;  ///< the caller's options
 };
 
+namespace detail {
+
+/// Counts the inputs a saliency call has differentiated and tells `SaliencyOptions::progress`.
+class SaliencyProgress {
+ public:
+  SaliencyProgress(const SaliencyOptions& options, int64_t total)
+      : report_(options.progress()), total_(total) {}
+  /// Records `inputs` more differentiated inputs.
+  void advance(int64_t inputs) {
+    done_ += inputs;
+    if (report_) report_(done_, total_);
+  }
+
+ private:
+  std::function<void(int64_t, int64_t)> report_;
+  int64_t total_ = 0;
+  int64_t done_ = 0;
+};
+
+/// Checks `SaliencyOptions::batch_size`.
+inline int64_t saliency_chunk(const SaliencyOptions& options) {
+  require(options.batch_size() > 0, "SaliencyOptions::batch_size is {}; expected >= 1",
+          options.batch_size());
+  return options.batch_size();
+}
+
+/// `∂y^c/∂x` under rule `R` of `inputs` `[M, ...]` for `targets` `[M]`, `chunk` rows per
+/// backward pass (each row's gradient depends on that row alone in eval mode), detached;
+/// `progress` (may be null) advances after each pass.
+template <BackpropRule R>
+torch::Tensor chunked_target_gradient(const AnyModel& model, const torch::Tensor& inputs,
+                                      const torch::Tensor& targets, int64_t chunk,
+                                      SaliencyProgress* progress) {
+  const int64_t rows = inputs.size(0);
+  const auto options = InputGradientOptions().of(GradientOf::target_logit);
+  if (rows <= chunk) {
+    auto g = input_gradient<R>(model, inputs, targets, options).detach();
+    if (progress != nullptr) progress->advance(rows);
+    return g;
+  }
+  auto result = torch::empty_like(inputs);
+  for (int64_t start = 0; start < rows; start += chunk) {
+    const int64_t end = std::min(rows, start + chunk);
+    result.slice(0, start, end)
+        .copy_(input_gradient<R>(model, inputs.slice(0, start, end), targets.slice(0, start, end),
+                                 options));
+    if (progress != nullptr) progress->advance(end - start);
+  }
+  return result;
+}
+
+}  // namespace detail
+
 /// @brief `∂y^c/∂x` of each sample's target logit at `x` (the request's targets), under backprop
-/// rule `R` — `input_gradient<R>` with `GradientOf::target_logit`, detached.
+/// rule `R` — `input_gradient<R>` with `GradientOf::target_logit`, detached, computed
+/// `SaliencyOptions::batch_size` samples at a time so that its memory stays bounded.
 template <BackpropRule R>
 torch::Tensor target_input_gradient(const SaliencyRequest& request, const torch::Tensor& x,
                                     const torch::Tensor& targets = {}) {
-  return input_gradient<R>(request.model, x, targets.defined() ? targets : request.targets,
-                           InputGradientOptions().of(GradientOf::target_logit))
-      .detach();
+  return detail::chunked_target_gradient<R>(request.model, x,
+                                            targets.defined() ? targets : request.targets,
+                                            detail::saliency_chunk(request.options), nullptr);
 }
 
 /// @brief The gradient of the class logit, `∂y^c/∂x` (Simonyan et al. 2014).
@@ -68,7 +132,10 @@ struct Gradient {
   static constexpr const char* name = "Gradient";  ///< display name
   /// @brief Input-shaped attributions.
   torch::Tensor operator()(const SaliencyRequest& request) const {
-    return target_input_gradient<StandardReLU>(request, request.input);
+    detail::SaliencyProgress progress(request.options, request.input.size(0));
+    return detail::chunked_target_gradient<StandardReLU>(request.model, request.input, request.targets,
+                                                  detail::saliency_chunk(request.options),
+                                                  &progress);
   }
 };
 
@@ -78,7 +145,10 @@ struct GuidedBackprop {
   static constexpr const char* name = "Guided Backprop";  ///< display name
   /// @brief Input-shaped attributions.
   torch::Tensor operator()(const SaliencyRequest& request) const {
-    return target_input_gradient<GuidedReLU>(request, request.input);
+    detail::SaliencyProgress progress(request.options, request.input.size(0));
+    return detail::chunked_target_gradient<GuidedReLU>(request.model, request.input, request.targets,
+                                                  detail::saliency_chunk(request.options),
+                                                  &progress);
   }
 };
 
@@ -88,13 +158,17 @@ struct Deconvnet {
   static constexpr const char* name = "Deconvnet";  ///< display name
   /// @brief Input-shaped attributions.
   torch::Tensor operator()(const SaliencyRequest& request) const {
-    return target_input_gradient<DeconvReLU>(request, request.input);
+    detail::SaliencyProgress progress(request.options, request.input.size(0));
+    return detail::chunked_target_gradient<DeconvReLU>(request.model, request.input, request.targets,
+                                                  detail::saliency_chunk(request.options),
+                                                  &progress);
   }
 };
 
 /// @brief SmoothGrad (Smilkov et al. 2017): the mean gradient over m noisy copies `x + ε`,
 /// `ε ~ N(0, σ²)`, `σ = noise_level · (max x − min x)` per image; defaults m = 25, level 0.15.
-/// Noise comes from `SaliencyOptions::generator` or `seed` (drawn on the CPU).
+/// Noise comes from `SaliencyOptions::generator` or `seed` (drawn on the CPU, one input-shaped
+/// draw per copy, so it does not depend on `batch_size`).
 struct SmoothGrad {
   static constexpr const char* name = "SmoothGrad";  ///< display name
   /// @brief Input-shaped attributions.
@@ -105,8 +179,7 @@ struct SmoothGrad {
     detail::require(o.noise_level() >= 0 && std::isfinite(o.noise_level()),
                     "SaliencyOptions::noise_level is {}; expected a finite value >= 0",
                     o.noise_level());
-    detail::require(o.batch_size() > 0, "SaliencyOptions::batch_size is {}; expected >= 1",
-                    o.batch_size());
+    const int64_t chunk = detail::saliency_chunk(o);
     const auto& x = request.input;
     const int64_t n = x.size(0);
     auto generator = detail::noise_generator(o.generator(), o.seed());
@@ -115,66 +188,111 @@ struct SmoothGrad {
     per_sample[0] = n;
     const auto sigma =
         (o.noise_level() * (std::get<0>(flat.max(1)) - std::get<0>(flat.min(1)))).view(per_sample);
-    // Copies per forward pass: as many whole noisy batches as batch_size allows (at least one).
-    const int64_t copies_per_pass = std::max<int64_t>(1, o.batch_size() / n);
+    // The noise is drawn one whole-batch copy at a time, in copy order, so that it does not
+    // depend on the chunk size; images are then differentiated `chunk` at a time, with as many
+    // noisy copies per pass as fit when the batch is smaller than a chunk.
+    const int64_t images_per_pass = std::min(n, chunk);
+    const int64_t copies_per_pass = std::max<int64_t>(1, chunk / images_per_pass);
+    detail::SaliencyProgress progress(o, n * o.samples());
     auto total = torch::zeros_like(x);
-    for (int64_t start = 0; start < o.samples(); start += copies_per_pass) {
-      const int64_t copies = std::min(copies_per_pass, o.samples() - start);
-      std::vector<int64_t> repeat(static_cast<size_t>(x.dim()), 1);
-      repeat[0] = copies;
-      std::vector<int64_t> noise_shape(x.sizes().begin(), x.sizes().end());
-      noise_shape[0] = copies * n;
-      const auto noisy = x.repeat(repeat) + sigma.repeat(repeat) *
-                                                detail::standard_normal(generator, noise_shape, x);
-      const auto g = target_input_gradient<StandardReLU>(request, noisy,
-                                                         request.targets.repeat({copies}));
-      auto copies_shape = x.sizes().vec();
-      copies_shape.insert(copies_shape.begin(), copies);
-      total += g.view(copies_shape).sum(0);
+    for (int64_t first_copy = 0; first_copy < o.samples(); first_copy += copies_per_pass) {
+      const int64_t copies = std::min(copies_per_pass, o.samples() - first_copy);
+      std::vector<torch::Tensor> noise;
+      for (int64_t c = 0; c < copies; ++c) {
+        noise.push_back(detail::standard_normal(generator, x.sizes(), x));
+      }
+      for (int64_t start = 0; start < n; start += images_per_pass) {
+        const int64_t end = std::min(n, start + images_per_pass);
+        const auto images = x.slice(0, start, end);
+        const auto scale = sigma.slice(0, start, end);
+        std::vector<torch::Tensor> noisy;
+        for (const auto& e : noise) noisy.push_back(images + scale * e.slice(0, start, end));
+        const auto g = detail::chunked_target_gradient<StandardReLU>(
+            request.model, torch::cat(noisy, 0), request.targets.slice(0, start, end).repeat({copies}),
+            chunk, &progress);
+        auto copies_shape = images.sizes().vec();
+        copies_shape.insert(copies_shape.begin(), copies);
+        total.slice(0, start, end).add_(g.view(copies_shape).sum(0));
+      }
     }
     return total / static_cast<double>(o.samples());
   }
 };
+
+namespace detail {
+
+/// The integrated-gradients baseline for `x`: zero when undefined, else `baseline` checked
+/// (finite, broadcastable to `x`) and expanded to `x`'s shape, device and dtype.
+inline torch::Tensor integration_baseline(const torch::Tensor& baseline, const torch::Tensor& x) {
+  if (!baseline.defined()) return torch::zeros_like(x);
+  bool broadcasts = baseline.dim() <= x.dim();
+  for (int64_t i = 1; broadcasts && i <= baseline.dim(); ++i) {
+    const int64_t size = baseline.size(baseline.dim() - i);
+    broadcasts = size == 1 || size == x.size(x.dim() - i);
+  }
+  std::vector<int64_t> one_image = x.sizes().vec();
+  one_image[0] = 1;
+  require(broadcasts,
+          "Integrated Gradients: the baseline (SaliencyOptions::baseline) has shape {}, which does "
+          "not broadcast to the input's shape {}; expected that shape, one image {} or any shape "
+          "that broadcasts to it",
+          shape_string(baseline), shape_string(x), shape_string(torch::empty(one_image)));
+  require(!baseline.is_complex(),
+          "Integrated Gradients: the baseline has dtype {}; expected a real tensor",
+          std::string(c10::toString(baseline.scalar_type())));
+  require_finite(baseline, "the Integrated Gradients baseline (SaliencyOptions::baseline)");
+  return baseline.to(x.device(), x.scalar_type()).expand_as(x);
+}
+
+}  // namespace detail
 
 /// @brief Integrated gradients (Sundararajan et al. 2017):
 /// \f[ \mathrm{IG}(x) = (x - x_b) \odot \int_0^1 \frac{\partial y^c}{\partial x}
 ///     \big(x_b + t (x - x_b)\big)\, dt \approx (x - x_b) \odot \sum_j w_j\, \nabla y^c(x_b + t_j (x - x_b)), \f]
 /// zero baseline by default, n = 50 Gauss–Legendre nodes on [0, 1] by default (as captum);
 /// Riemann and trapezoid rules through `SaliencyOptions::integration`. Completeness:
-/// `Σ IG ≈ y^c(x) − y^c(x_b)`. Path points are batched by `SaliencyOptions::batch_size`.
+/// `Σ IG ≈ y^c(x) − y^c(x_b)`. At most `SaliencyOptions::batch_size` path points go through the
+/// model at once. The baseline must be finite and broadcast to the input (`[N, C, H, W]`,
+/// `[C, H, W]`, `[1, C, H, W]`, a scalar...); `InvalidArgument` says so otherwise.
 struct IntegratedGradients {
   static constexpr const char* name = "Integrated Gradients";  ///< display name
   /// @brief Input-shaped attributions.
   torch::Tensor operator()(const SaliencyRequest& request) const {
     const auto& o = request.options;
-    detail::require(o.batch_size() > 0, "SaliencyOptions::batch_size is {}; expected >= 1",
-                    o.batch_size());
+    const int64_t chunk = detail::saliency_chunk(o);
     const auto& x = request.input;
     const int64_t n = x.size(0);
-    const auto baseline = o.baseline().defined()
-                              ? o.baseline().to(x.device(), x.scalar_type()).expand_as(x)
-                              : torch::zeros_like(x);
+    const auto baseline = detail::integration_baseline(o.baseline(), x);
     const auto rule = quadrature_rule(o.integration(), o.steps());
     const auto delta = x - baseline;
     const int64_t points = static_cast<int64_t>(rule.nodes.size());
-    const int64_t points_per_pass = std::max<int64_t>(1, o.batch_size() / n);
+    // Images `chunk` at a time, with as many path points per pass as fit in a chunk.
+    const int64_t images_per_pass = std::min(n, chunk);
+    const int64_t points_per_pass = std::max<int64_t>(1, chunk / images_per_pass);
+    detail::SaliencyProgress progress(o, n * points);
     auto integral = torch::zeros_like(x);
     std::vector<int64_t> point_shape(static_cast<size_t>(x.dim()) + 1, 1);
     point_shape[0] = -1;
-    for (int64_t start = 0; start < points; start += points_per_pass) {
-      const int64_t end = std::min(points, start + points_per_pass);
-      const std::vector<double> t(rule.nodes.begin() + start, rule.nodes.begin() + end);
-      const std::vector<double> w(rule.weights.begin() + start, rule.weights.begin() + end);
+    for (int64_t first = 0; first < points; first += points_per_pass) {
+      const int64_t last = std::min(points, first + points_per_pass);
+      const std::vector<double> t(rule.nodes.begin() + first, rule.nodes.begin() + last);
+      const std::vector<double> w(rule.weights.begin() + first, rule.weights.begin() + last);
       const auto ts = torch::tensor(t, torch::dtype(torch::kDouble))
                           .to(x.device(), x.scalar_type()).view(point_shape);
       const auto ws = torch::tensor(w, torch::dtype(torch::kDouble))
                           .to(x.device(), x.scalar_type()).view(point_shape);
-      const auto path = (baseline.unsqueeze(0) + ts * delta.unsqueeze(0)).flatten(0, 1);
-      const auto g = target_input_gradient<StandardReLU>(request, path,
-                                                         request.targets.repeat({end - start}));
-      auto path_shape = x.sizes().vec();
-      path_shape.insert(path_shape.begin(), end - start);
-      integral += (ws * g.view(path_shape)).sum(0);
+      for (int64_t start = 0; start < n; start += images_per_pass) {
+        const int64_t end = std::min(n, start + images_per_pass);
+        const auto from = baseline.slice(0, start, end);
+        const auto path = (from.unsqueeze(0) + ts * delta.slice(0, start, end).unsqueeze(0))
+                              .flatten(0, 1);
+        const auto g = detail::chunked_target_gradient<StandardReLU>(
+            request.model, path, request.targets.slice(0, start, end).repeat({last - first}),
+            chunk, &progress);
+        auto path_shape = from.sizes().vec();
+        path_shape.insert(path_shape.begin(), last - first);
+        integral.slice(0, start, end).add_((ws * g.view(path_shape)).sum(0));
+      }
     }
     return delta * integral;
   }
@@ -187,7 +305,8 @@ template <class S>
 torch::Tensor run_saliency(const AnyModel& model, const torch::Tensor& x,
                            const torch::Tensor& targets, const SaliencyOptions& options,
                            const S& method) {
-  const auto batch = prepare_batch(model, x, targets, /*require_image=*/false, S::name);
+  const auto batch = prepare_batch(model, x, targets, /*require_image=*/false, S::name,
+                                   /*feature_map=*/false, saliency_chunk(options));
   const SaliencyRequest request{model, batch.input, batch.targets, options};
   torch::Tensor result = method(request);
   require<GraphError>(result.defined() && result.sizes() == batch.input.sizes(),
@@ -202,14 +321,34 @@ torch::Tensor run_saliency(const AnyModel& model, const torch::Tensor& x,
 ///
 /// `targets` are `[N]` class indices (the predictions when undefined); the score is the target
 /// logit. The model runs in evaluation mode for the call and returns to its previous mode; the
-/// parameters' `.grad` are not touched. Throws `InvalidArgument` for malformed input or targets
-/// out of range, `GraphError` when a guided / deconvnet rule finds no rectifier.
+/// parameters' `.grad` are not touched.
+///
+/// Threads: the call holds the model's evaluation-mode lease (`TrainingModeGuard(model,
+/// false)`) for its whole duration. Calls on several threads share one model safely and overlap
+/// (eval mode throughout; the last to finish restores the mode the first found). A scope that
+/// holds the model in training mode through `TrainingModeGuard` (`Trainer::step`, `fit`) on
+/// another thread is never interleaved with it: the call waits for that scope to end, and the
+/// scope waits for the call. Called on the thread that holds the training scope (a callback), it
+/// switches to eval mode and back. Mode switches made directly on the module
+/// (`module->train()`) bypass the lease and are not guarded.
+///
+/// Memory and time: the shipped methods differentiate at most `SaliencyOptions::batch_size`
+/// inputs per pass (so peak memory does not grow with N beyond a few input-sized tensors) and
+/// report each pass to `SaliencyOptions::progress`.
+///
+/// Throws `InvalidArgument` for malformed input, targets of the wrong shape, dtype or range, an
+/// Integrated Gradients baseline that does not broadcast to the input, images whose channel
+/// count or size the model rejects, or any other LibTorch error inside the method (named in the
+/// message; never a raw `c10::Error`); `GraphError` when a guided / deconvnet rule finds no
+/// rectifier.
 template <SaliencyMethod S>
 torch::Tensor attribute(const AnyModel& model, const torch::Tensor& x,
                         const torch::Tensor& targets = {}, const SaliencyOptions& options = {},
                         const S& method = S()) {
   TrainingModeGuard evaluation(model, false);
-  return detail::run_saliency(model, x, targets, options, method);
+  return detail::translate_torch_errors(S::name, "SaliencyOptions::batch_size", [&] {
+    return detail::run_saliency(model, x, targets, options, method);
+  });
 }
 
 /// @brief Reduces attributions `[N, C, H, W]` to maps `[N, H, W]` in [0, 1] for pictures and
@@ -224,7 +363,8 @@ inline torch::Tensor saliency_map(const torch::Tensor& attributions) {
 
 /// @brief Saliency maps `[N, H, W]` in [0, 1] of input-space method `S`:
 /// `saliency_map(attribute<S>(model, x, targets, options))`, so input-space methods and CAM
-/// methods share one calling convention. `x` must be `[N, C, H, W]`.
+/// methods share one calling convention. `x` must be `[N, C, H, W]`. Same guarantees (threads,
+/// memory, progress) and errors as `attribute`.
 template <SaliencyMethod S>
 torch::Tensor explain(const AnyModel& model, const torch::Tensor& x,
                       const torch::Tensor& targets = {}, const SaliencyOptions& options = {},
