@@ -188,7 +188,7 @@ TEST_CASE("reliability: a flipped byte in a weights or checkpoint file is a Data
     auto bytes = read_bytes(dir / name);
     const auto at = find_tensor_data(bytes, saved->fc->bias);
     REQUIRE(at != std::string::npos);
-    bytes[at + 3] ^= 0x7f;  // the first bias's exponent: 1.25 becomes about 1.4e38
+    bytes[at + 3] = 0x7e;  // the first bias's exponent byte: 1.25 (0x3fa00000) becomes 1.06e38
     write_bytes(dir / "flipped.pt", bytes);
     TinyConv model(3, true);
     torch::optim::Adam optimizer(model->parameters(), 1e-2);
@@ -199,9 +199,38 @@ TEST_CASE("reliability: a flipped byte in a weights or checkpoint file is a Data
       else
         igrad::load_checkpoint(dir / "flipped.pt", model, optimizer);
     };
-    CHECK_THROWS_WITH_AS(load(), doctest::Contains("digest"), igrad::DataError);
+    // Caught by the zip container's CRC-32s, checked before LibTorch parses anything.
+    CHECK_THROWS_WITH_AS(load(), doctest::Contains("CRC-32"), igrad::DataError);
     CHECK(all_equal(before, state_of(model)));
   }
+}
+
+TEST_CASE("reliability: a weights file re-packed with other values fails igrad's digest") {
+  // A file whose zip CRCs are right but whose tensors differ from what igrad digested: what a
+  // tool that rewrites archives would leave after damage. Built with plain LibTorch.
+  const auto dir = scratch("repacked");
+  torch::manual_seed(13);
+  TinyConv saved(3, true);
+  igrad::save_weights(saved, dir / "weights.pt");
+  torch::serialize::InputArchive in;
+  in.load_from((dir / "weights.pt").string());
+  torch::Tensor digest;
+  in.read("igrad_digest", digest);
+  TinyConv changed(3, true);
+  changed->load(in);
+  {
+    torch::NoGradGuard no_grad;
+    changed->fc->bias[0].fill_(5.6e37);
+  }
+  torch::serialize::OutputArchive out;
+  changed->save(out);
+  out.write("igrad_digest", digest);
+  out.save_to((dir / "repacked.pt").string());
+  TinyConv model(3, true);
+  const auto before = snapshot(state_of(model));
+  CHECK_THROWS_WITH_AS(igrad::load_weights(model, dir / "repacked.pt"),
+                       doctest::Contains("fails its digest check"), igrad::DataError);
+  CHECK(all_equal(before, state_of(model)));
 }
 
 TEST_CASE("reliability: every single flipped byte of a weights file is refused or harmless") {
@@ -286,9 +315,12 @@ TEST_CASE("reliability: Checkpoint refuses a path it cannot write before the fir
 
 TEST_CASE("reliability: resume is exact whatever the order of loader and load_checkpoint") {
   const auto dir = scratch("resume_order");
-  auto make_loader = [] {
+  // Made once, before everything: ToyDataset's constructor reseeds the generator, which would
+  // undo what load_checkpoint restores (the caveat of ResumableRandomSampler's documentation).
+  ToyDataset data(48);
+  auto make_loader = [&data] {
     return torch::data::make_data_loader<igrad::data::ResumableRandomSampler>(
-        ToyDataset(48).map(torch::data::transforms::Stack<>()),
+        ToyDataset(data).map(torch::data::transforms::Stack<>()),
         torch::data::DataLoaderOptions().batch_size(16));
   };
   torch::manual_seed(21);
@@ -366,7 +398,7 @@ constexpr const char* kChildEnvironment = "IGRAD_RELIABILITY_SIGKILL_CHILD";
   torch::optim::Adam adam(model->parameters(), 1e-2);
   igrad::Trainer<> trainer(model, adam);
   auto loader = torch::data::make_data_loader<igrad::data::ResumableRandomSampler>(
-      ToyDataset(32).map(torch::data::transforms::Stack<>()),
+      ToyDataset(32).map(torch::data::transforms::Stack<>()),  // reseeds: before the load
       torch::data::DataLoaderOptions().batch_size(8));
   if (fs::exists(checkpoint)) {
     const auto info = igrad::load_checkpoint(checkpoint, model, adam);
@@ -446,12 +478,12 @@ TEST_CASE("reliability: checkpoints survive SIGKILL at random points of fit") {
   torch::manual_seed(31);
   TinyConv model(3, true);
   torch::optim::Adam adam(model->parameters(), 1e-2);
+  auto loader = torch::data::make_data_loader<igrad::data::ResumableRandomSampler>(
+      ToyDataset(32).map(torch::data::transforms::Stack<>()),  // reseeds: before the load
+      torch::data::DataLoaderOptions().batch_size(8));
   const auto info = igrad::load_checkpoint(checkpoint, model, adam);
   igrad::Trainer<> trainer(model, adam);
   trainer.resume_at(info.next_epoch, info.global_step);
-  auto loader = torch::data::make_data_loader<igrad::data::ResumableRandomSampler>(
-      ToyDataset(32).map(torch::data::transforms::Stack<>()),
-      torch::data::DataLoaderOptions().batch_size(8));
   const auto logs = trainer.fit(loader, info.next_epoch + 2,
                                 igrad::Checkpoint(checkpoint).every_steps(2));
   CHECK(logs.size() == 2);

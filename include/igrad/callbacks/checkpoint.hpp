@@ -117,6 +117,7 @@ inline int64_t read_count(torch::serialize::InputArchive& archive, const char* k
                      "checkpoint '{}': '{}' has dtype {} and shape {}; expected an integer "
                      "scalar",
                      path.string(), key, c10::toString(value.scalar_type()), shape_string(value));
+  require_within_storage(value, key, "checkpoint", path);
   const auto count = value.item<int64_t>();
   require<DataError>(count >= 0, "checkpoint '{}': '{}' is {}; expected a count >= 0",
                      path.string(), key, count);
@@ -133,22 +134,11 @@ inline void save_checkpoint(const std::filesystem::path& path, const AnyModel& m
   detail::write_checkpoint(path, model, optimizer, info, detail::cpu_generator_state());
 }
 
-/// @brief Reads a checkpoint written by `save_checkpoint` into `model` and `optimizer`, restores
-/// the CPU RNG state (so a resumed run shuffles as the uninterrupted one) and returns the progress.
-///
-/// A transaction: everything is checked before anything is changed, and a failure at any point
-/// puts model, optimizer and generator back as they were. Throws `DataError` naming the file
-/// when it is missing or not a checkpoint; when its digest does not match its content (a flipped
-/// byte); when the model's tensors do not fit (architecture, dtype, device: the tensor is
-/// named); when it holds the state of another optimizer kind, or state that does not fit this
-/// optimizer. A checkpoint written before the digest existed loads without the digest and kind
-/// checks (the others still apply).
-///
-/// Exact resume needs the data loader to draw its first shuffle after this call: use
-/// `igrad::data::ResumableRandomSampler` (any construction order), or build a loader with
-/// LibTorch's `RandomSampler` *before* calling this (its constructor draws).
-inline CheckpointInfo load_checkpoint(const std::filesystem::path& path, const AnyModel& model,
-                                      torch::optim::Optimizer& optimizer) {
+namespace detail {
+/// The body of `load_checkpoint`.
+inline CheckpointInfo load_checkpoint_transaction(const std::filesystem::path& path,
+                                                  const AnyModel& model,
+                                                  torch::optim::Optimizer& optimizer) {
   torch::serialize::InputArchive archive, model_archive, optimizer_archive;
   detail::load_archive(archive, path, model.device(), "checkpoint", "igrad::save_checkpoint");
   const bool has_digest = detail::verify_digest(archive, path, "checkpoint");
@@ -166,6 +156,7 @@ inline CheckpointInfo load_checkpoint(const std::filesystem::path& path, const A
   info.next_epoch = detail::read_count(archive, "next_epoch", path, std::nullopt);
   info.global_step = detail::read_count(archive, "global_step", path, std::nullopt);
   info.batch = detail::read_count(archive, "batch", path, 0);
+  detail::require_within_storage(rng, "cpu_rng_state", "checkpoint", path);
   rng = rng.to(torch::kCPU);
   const auto current_rng = detail::cpu_generator_state();
   detail::require<DataError>(rng.scalar_type() == current_rng.scalar_type() &&
@@ -218,6 +209,36 @@ inline CheckpointInfo load_checkpoint(const std::filesystem::path& path, const A
                                 path.string(), detail::first_line(e.what())));
   }
   return info;
+}
+}  // namespace detail
+
+/// @brief Reads a checkpoint written by `save_checkpoint` into `model` and `optimizer`, restores
+/// the CPU RNG state (so a resumed run shuffles as the uninterrupted one) and returns the progress.
+///
+/// A transaction: everything is checked before anything is changed, and a failure at any point
+/// puts model, optimizer and generator back as they were. Throws `DataError` naming the file
+/// when it is missing or not a checkpoint; when its digest does not match its content (a flipped
+/// byte); when the model's tensors do not fit (architecture, dtype, device: the tensor is
+/// named); when it holds the state of another optimizer kind, or state that does not fit this
+/// optimizer. A checkpoint written before the digest existed loads without the digest and kind
+/// checks (the others still apply).
+///
+/// Exact resume needs the data loader to draw its first shuffle after this call: use
+/// `igrad::data::ResumableRandomSampler` (any construction order), or build a loader with
+/// LibTorch's `RandomSampler` *before* calling this (its constructor draws).
+inline CheckpointInfo load_checkpoint(const std::filesystem::path& path, const AnyModel& model,
+                                      torch::optim::Optimizer& optimizer) {
+  try {
+    return detail::load_checkpoint_transaction(path, model, optimizer);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    // LibTorch's own errors on a corrupt file's content (each step that changes something
+    // restores what it changed before this is reached).
+    throw DataError(fmt::format("checkpoint '{}' cannot be read: {}; expected a file written by "
+                                "igrad::save_checkpoint",
+                                path.string(), detail::first_line(e.what())));
+  }
 }
 
 /// @brief Callback: saves a checkpoint every `every` epochs (and after the last one), or every

@@ -52,9 +52,19 @@ inline void save_weights(const AnyModel& model, const std::filesystem::path& pat
 inline void load_weights(const AnyModel& model, const std::filesystem::path& path) {
   torch::serialize::InputArchive archive;
   detail::load_archive(archive, path, model.device(), "weights file", "igrad::save_weights");
-  detail::verify_digest(archive, path, "weights file");
   detail::ModelSnapshot snapshot(model);
-  detail::load_model_checked(model, archive, path, "weights file", snapshot);
+  try {
+    detail::verify_digest(archive, path, "weights file");
+    detail::load_model_checked(model, archive, path, "weights file", snapshot);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    // LibTorch's own errors on a corrupt file's content.
+    snapshot.restore();
+    throw DataError(fmt::format("weights file '{}' cannot be read: {}; expected a file written "
+                                "by igrad::save_weights (the model was left unchanged)",
+                                path.string(), detail::first_line(e.what())));
+  }
 }
 
 /// @}
