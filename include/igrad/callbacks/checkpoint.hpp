@@ -3,6 +3,8 @@
 /// @brief Training checkpoints (model, optimizer, progress, RNG), written atomically.
 
 #include <igrad/callbacks/callback.hpp>
+#include <igrad/data/sampler.hpp>
+#include <igrad/detail/archive_integrity.hpp>
 #include <igrad/detail/tensor_checks.hpp>
 #include <igrad/exceptions.hpp>
 #include <igrad/model.hpp>
@@ -10,11 +12,18 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
+#include <cxxabi.h>
+
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
+#include <optional>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <typeinfo>
 #include <vector>
 
 namespace igrad {
@@ -24,8 +33,12 @@ namespace igrad {
 
 /// @brief Where a training run stands, as stored in a checkpoint.
 struct CheckpointInfo {
-  int64_t next_epoch = 0;   ///< the first epoch still to run
+  int64_t next_epoch = 0;   ///< the first epoch still to run (the current one, mid-epoch)
   int64_t global_step = 0;  ///< steps done
+  /// Batches of `next_epoch` already done when the checkpoint was written mid-epoch
+  /// (`Checkpoint::every_steps`); 0 at an epoch boundary. `Trainer::fit` runs whole epochs, so
+  /// a resumed run redoes that epoch from its start, with the same shuffle.
+  int64_t batch = 0;
 };
 
 namespace detail {
@@ -36,115 +49,260 @@ inline torch::Tensor cpu_generator_state() {
   return generator.get_state();
 }
 
-/// Writes `archive` to `path` + ".partial", then renames it over `path`: an interrupted write
-/// never leaves a truncated file. `what` names the file's kind in the error message.
-inline void save_archive_atomically(torch::serialize::OutputArchive& archive,
-                                    const std::filesystem::path& path, std::string_view what) {
-  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
-  auto temporary = path;
-  temporary += ".partial";
-  try {
-    archive.save_to(temporary.string());
-    std::filesystem::rename(temporary, path);
-  } catch (const std::exception& e) {
-    std::error_code ignored;
-    std::filesystem::remove(temporary, ignored);
-    throw Error(fmt::format("cannot write {} '{}': {}", what, path.string(), first_line(e.what())));
-  }
+/// Sets the state of LibTorch's default CPU generator.
+inline void set_cpu_generator_state(const torch::Tensor& state) {
+  auto generator = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  generator.set_state(state);
 }
 
-/// Loads a model's weights from `archive`, checking every shape (LibTorch's `nn::Module::load`
-/// silently adopts a stored tensor of another shape); on a mismatch or a read error the model is
-/// restored and `DataError` names `path`.
-inline void load_model_checked(const AnyModel& model, torch::serialize::InputArchive& archive,
-                               const std::filesystem::path& path, std::string_view what) {
-  auto tensors = model.parameters();
-  const auto parameter_count = tensors.size();
-  for (auto& b : model.buffers()) tensors.push_back(b);
-  // Copies of the current weights (loading may re-point tensors or overwrite them in place).
-  std::vector<torch::Tensor> previous;
-  for (const auto& t : tensors) previous.push_back(t.detach().clone());
-  const auto restore = [&] {
-    torch::NoGradGuard no_grad;
-    for (std::size_t i = 0; i < tensors.size(); ++i) tensors[i].set_(previous[i]);
-  };
-  try {
-    model.load(archive);
-  } catch (const std::exception& e) {
-    restore();
-    if (dynamic_cast<const Error*>(&e) != nullptr) throw;
-    throw DataError(fmt::format("{} '{}' does not fit this model: {}; expected weights saved "
-                                "from the same architecture",
-                                what, path.string(), first_line(e.what())));
-  }
-  for (std::size_t i = 0; i < tensors.size(); ++i) {
-    if (tensors[i].sizes() == previous[i].sizes()) continue;
-    const auto stored = shape_string(tensors[i]);
-    restore();
-    const bool parameter = i < parameter_count;
-    throw DataError(fmt::format(
-        "{} '{}' does not fit this model: {} {} has shape {} in the file but {} in the model; "
-        "expected weights saved from the same architecture (the model was left unchanged)",
-        what, path.string(), parameter ? "parameter" : "buffer",
-        parameter ? i : i - parameter_count, stored, shape_string(previous[i])));
-  }
+/// The optimizer's class, readable ("torch::optim::Adam"), stored so that a checkpoint of
+/// another optimizer kind is refused before anything is loaded.
+inline std::string optimizer_kind(const torch::optim::Optimizer& optimizer) {
+  const char* mangled = typeid(optimizer).name();
+  int status = 0;
+  char* demangled = abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
+  std::string name = status == 0 && demangled != nullptr ? demangled : mangled;
+  std::free(demangled);
+  return name;
 }
-}  // namespace detail
 
-/// @brief Writes model, optimizer, progress and the CPU RNG state to `path` atomically: the
-/// archive goes to a temporary file in the same directory, then replaces `path` by a rename,
-/// so a crash mid-write leaves the previous checkpoint intact.
-inline void save_checkpoint(const std::filesystem::path& path, const AnyModel& model,
-                            torch::optim::Optimizer& optimizer, CheckpointInfo info) {
+/// The optimizer's state, serialised in memory (to put it back when a load fails).
+inline std::string serialised_optimizer(const torch::optim::Optimizer& optimizer) {
+  torch::serialize::OutputArchive archive;
+  optimizer.save(archive);
+  std::ostringstream bytes;
+  archive.save_to(bytes);
+  return bytes.str();
+}
+
+/// Restores what `serialised_optimizer` took.
+inline void restore_optimizer(torch::optim::Optimizer& optimizer, const std::string& bytes) {
+  torch::serialize::InputArchive archive;
+  archive.load_from(bytes.data(), bytes.size());
+  optimizer.load(archive);
+}
+
+/// Writes a checkpoint with an explicit generator state (`Checkpoint` saves mid-epoch with the
+/// state the epoch started from, so that the redone epoch shuffles the same).
+inline void write_checkpoint(const std::filesystem::path& path, const AnyModel& model,
+                             torch::optim::Optimizer& optimizer, CheckpointInfo info,
+                             const torch::Tensor& rng_state) {
   torch::serialize::OutputArchive archive, model_archive, optimizer_archive;
   model.save(model_archive);
   optimizer.save(optimizer_archive);
   archive.write("model", model_archive);
   archive.write("optimizer", optimizer_archive);
+  archive.write("optimizer_kind", c10::IValue(optimizer_kind(optimizer)));
   archive.write("next_epoch", torch::tensor(info.next_epoch));
   archive.write("global_step", torch::tensor(info.global_step));
-  archive.write("cpu_rng_state", detail::cpu_generator_state());
-  detail::save_archive_atomically(archive, path, "checkpoint");
+  archive.write("batch", torch::tensor(info.batch));
+  archive.write("cpu_rng_state", rng_state);
+  add_digest(archive);
+  save_archive_atomically(archive, path, "checkpoint");
 }
+
+/// A non-negative integer scalar of a checkpoint; `fallback` when absent (older files).
+inline int64_t read_count(torch::serialize::InputArchive& archive, const char* key,
+                          const std::filesystem::path& path, std::optional<int64_t> fallback) {
+  torch::Tensor value;
+  if (!archive.try_read(key, value)) {
+    require<DataError>(fallback.has_value(),
+                       "checkpoint '{}' lacks '{}'; expected a file written by "
+                       "igrad::save_checkpoint",
+                       path.string(), key);
+    return *fallback;
+  }
+  require<DataError>(value.numel() == 1 && !value.is_floating_point() && !value.is_complex(),
+                     "checkpoint '{}': '{}' has dtype {} and shape {}; expected an integer "
+                     "scalar",
+                     path.string(), key, c10::toString(value.scalar_type()), shape_string(value));
+  require_within_storage(value, key, "checkpoint", path);
+  const auto count = value.item<int64_t>();
+  require<DataError>(count >= 0, "checkpoint '{}': '{}' is {}; expected a count >= 0",
+                     path.string(), key, count);
+  return count;
+}
+}  // namespace detail
+
+/// @brief Writes model, optimizer, progress and the CPU RNG state to `path` atomically: the
+/// archive goes to a temporary file in the same directory, then replaces `path` by a rename,
+/// so a crash mid-write leaves the previous checkpoint intact. The file holds a digest of its
+/// content and the optimizer's kind, which `load_checkpoint` checks.
+inline void save_checkpoint(const std::filesystem::path& path, const AnyModel& model,
+                            torch::optim::Optimizer& optimizer, CheckpointInfo info) {
+  detail::write_checkpoint(path, model, optimizer, info, detail::cpu_generator_state());
+}
+
+namespace detail {
+/// The body of `load_checkpoint`.
+inline CheckpointInfo load_checkpoint_transaction(const std::filesystem::path& path,
+                                                  const AnyModel& model,
+                                                  torch::optim::Optimizer& optimizer) {
+  torch::serialize::InputArchive archive, model_archive, optimizer_archive;
+  detail::load_archive(archive, path, model.device(), "checkpoint", "igrad::save_checkpoint");
+  const bool has_digest = detail::verify_digest(archive, path, "checkpoint");
+  CheckpointInfo info;
+  torch::Tensor rng;
+  try {
+    archive.read("model", model_archive);
+    archive.read("optimizer", optimizer_archive);
+    archive.read("cpu_rng_state", rng);
+  } catch (const std::exception& e) {
+    throw DataError(fmt::format("checkpoint '{}' cannot be read: {}; expected a file written by "
+                                "igrad::save_checkpoint",
+                                path.string(), detail::first_line(e.what())));
+  }
+  info.next_epoch = detail::read_count(archive, "next_epoch", path, std::nullopt);
+  info.global_step = detail::read_count(archive, "global_step", path, std::nullopt);
+  info.batch = detail::read_count(archive, "batch", path, 0);
+  detail::require_within_storage(rng, "cpu_rng_state", "checkpoint", path);
+  rng = rng.to(torch::kCPU);
+  const auto current_rng = detail::cpu_generator_state();
+  detail::require<DataError>(rng.scalar_type() == current_rng.scalar_type() &&
+                                 rng.sizes() == current_rng.sizes(),
+                             "checkpoint '{}' holds a CPU generator state of dtype {} and shape "
+                             "{}; expected {} {} (the file is corrupt or from another LibTorch)",
+                             path.string(), c10::toString(rng.scalar_type()),
+                             detail::shape_string(rng), c10::toString(current_rng.scalar_type()),
+                             detail::shape_string(current_rng));
+  c10::IValue stored_kind;
+  if (archive.try_read("optimizer_kind", stored_kind)) {
+    const auto kind = detail::optimizer_kind(optimizer);
+    detail::require<DataError>(stored_kind.isString() && stored_kind.toStringRef() == kind,
+                               "checkpoint '{}' holds the state of optimizer {}, but the "
+                               "optimizer given is {}; expected the optimizer kind the run was "
+                               "checkpointed with (nothing was loaded)",
+                               path.string(),
+                               stored_kind.isString() ? stored_kind.toStringRef() : "(corrupt)",
+                               kind);
+  } else {
+    detail::require<DataError>(!has_digest,
+                               "checkpoint '{}' lacks 'optimizer_kind'; expected a file written "
+                               "by igrad::save_checkpoint",
+                               path.string());
+  }
+
+  detail::ModelSnapshot model_before(model);
+  const auto optimizer_before = detail::serialised_optimizer(optimizer);
+  detail::load_model_checked(model, model_archive, path, "checkpoint", model_before);
+  try {
+    optimizer.load(optimizer_archive);
+  } catch (const std::exception& e) {
+    detail::restore_optimizer(optimizer, optimizer_before);
+    model_before.restore();
+    throw DataError(fmt::format("checkpoint '{}' holds optimizer state that does not fit this "
+                                "optimizer ({}): {}; expected the optimizer kind and parameters "
+                                "the run was checkpointed with (model and optimizer were left "
+                                "unchanged)",
+                                path.string(), detail::optimizer_kind(optimizer),
+                                detail::first_line(e.what())));
+  }
+  try {
+    detail::set_cpu_generator_state(rng);
+  } catch (const std::exception& e) {
+    detail::restore_optimizer(optimizer, optimizer_before);
+    model_before.restore();
+    detail::set_cpu_generator_state(current_rng);
+    throw DataError(fmt::format("checkpoint '{}' holds a CPU generator state LibTorch refuses: "
+                                "{} (model and optimizer were left unchanged)",
+                                path.string(), detail::first_line(e.what())));
+  }
+  return info;
+}
+}  // namespace detail
 
 /// @brief Reads a checkpoint written by `save_checkpoint` into `model` and `optimizer`, restores
 /// the CPU RNG state (so a resumed run shuffles as the uninterrupted one) and returns the progress.
+///
+/// A transaction: everything is checked before anything is changed, and a failure at any point
+/// puts model, optimizer and generator back as they were. Throws `DataError` naming the file
+/// when it is missing or not a checkpoint; when its digest does not match its content (a flipped
+/// byte); when the model's tensors do not fit (architecture, dtype, device: the tensor is
+/// named); when it holds the state of another optimizer kind, or state that does not fit this
+/// optimizer. A checkpoint written before the digest existed loads without the digest and kind
+/// checks (the others still apply).
+///
+/// Exact resume needs the data loader to draw its first shuffle after this call: use
+/// `igrad::data::ResumableRandomSampler` (any construction order), or build a loader with
+/// LibTorch's `RandomSampler` *before* calling this (its constructor draws).
 inline CheckpointInfo load_checkpoint(const std::filesystem::path& path, const AnyModel& model,
                                       torch::optim::Optimizer& optimizer) {
-  detail::require<DataError>(std::filesystem::exists(path),
-                             "checkpoint '{}' does not exist; expected a file written by "
-                             "igrad::save_checkpoint",
-                             path.string());
-  torch::serialize::InputArchive archive, model_archive, optimizer_archive;
   try {
-    archive.load_from(path.string(), model.device());
-    archive.read("model", model_archive);
-    archive.read("optimizer", optimizer_archive);
-    detail::load_model_checked(model, model_archive, path, "checkpoint");
-    optimizer.load(optimizer_archive);
-    torch::Tensor next_epoch, global_step, rng;
-    archive.read("next_epoch", next_epoch);
-    archive.read("global_step", global_step);
-    archive.read("cpu_rng_state", rng);
-    auto generator = at::detail::getDefaultCPUGenerator();
-    std::lock_guard<std::mutex> lock(generator.mutex());
-    generator.set_state(rng.cpu());
-    return {next_epoch.item<int64_t>(), global_step.item<int64_t>()};
+    return detail::load_checkpoint_transaction(path, model, optimizer);
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
-    throw DataError(fmt::format("checkpoint '{}' cannot be read: {}", path.string(),
-                                detail::first_line(e.what())));
+    // LibTorch's own errors on a corrupt file's content (each step that changes something
+    // restores what it changed before this is reached).
+    throw DataError(fmt::format("checkpoint '{}' cannot be read: {}; expected a file written by "
+                                "igrad::save_checkpoint",
+                                path.string(), detail::first_line(e.what())));
   }
 }
 
-/// @brief Callback: saves a checkpoint every `every` epochs (and after the last one).
+/// @brief Callback: saves a checkpoint every `every` epochs (and after the last one), or every
+/// so many steps with `every_steps`.
+///
+/// The path is checked when training begins (a writable directory, created if missing; the
+/// path itself not a directory), so a bad path fails before the first step rather than after
+/// an epoch. A `.partial` file left by a process killed mid-write is removed then.
 class Checkpoint {
  public:
   /// @brief Checkpoints to `path`, overwritten atomically each time.
   explicit Checkpoint(std::filesystem::path path, int64_t every = 1)
       : path_(std::move(path)), every_(every) {
     detail::require(every >= 1, "Checkpoint every {} epochs; expected >= 1", every);
+  }
+  /// @brief Also (and instead of every `every` epochs, at the end of each epoch) saves every
+  /// `steps` training steps, mid-epoch included: for long epochs or runs that may be killed.
+  /// A mid-epoch checkpoint resumes at the start of its epoch (see `CheckpointInfo::batch`).
+  Checkpoint& every_steps(int64_t steps) {
+    detail::require(steps >= 1, "Checkpoint every_steps({}); expected >= 1", steps);
+    every_steps_ = steps;
+    every_ = 1;
+    return *this;
+  }
+  /// @brief Checks that `path` can be written before any step is done.
+  void on_train_begin(TrainerState&) {
+    namespace fs = std::filesystem;
+    detail::require(!path_.empty(), "Checkpoint path is empty; expected a file path");
+    std::error_code error;
+    detail::require(!fs::is_directory(path_, error),
+                    "Checkpoint path '{}' is a directory; expected a file path such as '{}'",
+                    path_.string(), (path_ / "checkpoint.pt").string());
+    const auto directory = path_.has_parent_path() ? path_.parent_path() : fs::path(".");
+    fs::create_directories(directory, error);
+    detail::require(fs::is_directory(directory),
+                    "Checkpoint path '{}': its directory '{}' cannot be created ({}); expected "
+                    "a path in a writable directory",
+                    path_.string(), directory.string(),
+                    error ? error.message() : "a file of that name exists");
+    // Writing the temporary file save_checkpoint will use is the one portable test of
+    // permission, space and read-only mounts; it also clears one left by a killed process.
+    auto probe = path_;
+    probe += ".partial";
+    bool written = false;
+    {
+      std::ofstream out(probe, std::ios::binary | std::ios::trunc);
+      written = static_cast<bool>(out << "igrad" << std::flush);
+    }
+    fs::remove(probe, error);
+    detail::require(written,
+                    "Checkpoint path '{}' cannot be written (creating '{}' failed); expected a "
+                    "path in a writable directory",
+                    path_.string(), probe.string());
+  }
+  /// @brief Remembers the generator state the epoch's shuffle is drawn from.
+  void on_epoch_begin(TrainerState&) {
+    if (every_steps_ > 0) epoch_rng_ = detail::cpu_generator_state();
+  }
+  /// @brief Saves every `every_steps` steps, when set.
+  void on_batch_end(TrainerState& state, const StepResult&) {
+    if (every_steps_ == 0 || state.global_step % every_steps_ != 0) return;
+    detail::write_checkpoint(path_, state.model, *state.optimizer,
+                             {state.epoch, state.global_step, state.batch},
+                             epoch_rng_.defined() ? epoch_rng_ : detail::cpu_generator_state());
   }
   /// @brief Saves when due.
   void on_epoch_end(TrainerState& state, EpochLog&) {
@@ -157,6 +315,8 @@ class Checkpoint {
  private:
   std::filesystem::path path_;
   int64_t every_;
+  int64_t every_steps_ = 0;
+  torch::Tensor epoch_rng_;
 };
 
 /// @}

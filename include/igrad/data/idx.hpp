@@ -99,19 +99,31 @@ inline torch::Tensor read_idx_file(const std::filesystem::path& path, int64_t ex
                              "is truncated)",
                              path.string(), bytes.size(), header);
   std::vector<int64_t> shape;
+  const std::size_t available = bytes.size() - header;
+  // The product of the dimensions, capped at `too_many` (more than the file holds): the plain
+  // product of three 32-bit sizes can wrap around 64 bits (2^31 · 2^31 · 4 is 0) and pass.
+  const std::size_t too_many = available + 1;
   std::size_t payload = 1;
+  bool empty = false;
   for (int64_t d = 0; d < expected_rank; ++d) {
     shape.push_back(be32(4 + 4 * static_cast<std::size_t>(d)));
-    payload *= static_cast<std::size_t>(shape.back());
+    const auto size = static_cast<std::size_t>(shape.back());
+    if (size == 0)
+      empty = true;
+    else
+      payload = payload > too_many / size ? too_many : payload * size;
   }
-  detail::require<DataError>(bytes.size() - header == payload,
+  if (empty) payload = 0;
+  detail::require<DataError>(available == payload,
                              "IDX file '{}' holds {} data bytes but its header announces {} "
                              "(shape {}); the file is {}",
-                             path.string(), bytes.size() - header, payload,
+                             path.string(), available,
+                             payload >= too_many ? fmt::format("more") : fmt::format("{}", payload),
                              fmt::format("[{}]", fmt::join(shape, ", ")),
-                             bytes.size() - header < payload ? "truncated" : "too long");
+                             available < payload ? "truncated" : "too long");
   auto tensor = torch::empty(shape, torch::kUInt8);
-  std::memcpy(tensor.data_ptr<std::uint8_t>(), bytes.data() + header, payload);
+  // An empty tensor's data pointer may be null, which memcpy must not get even for 0 bytes.
+  if (payload > 0) std::memcpy(tensor.data_ptr<std::uint8_t>(), bytes.data() + header, payload);
   return tensor;
 }
 

@@ -7,6 +7,7 @@
 /// same `AnyModel`s, adapters included.
 
 #include <igrad/callbacks/checkpoint.hpp>
+#include <igrad/detail/archive_integrity.hpp>
 #include <igrad/detail/tensor_checks.hpp>
 #include <igrad/exceptions.hpp>
 #include <igrad/model.hpp>
@@ -23,14 +24,17 @@ namespace igrad {
 /// @addtogroup models_group
 /// @{
 
-/// @brief Writes the weights (parameters and buffers) of `model` to `path`.
+/// @brief Writes the weights (parameters and buffers) of `model` to `path`, with a digest.
 ///
 /// The archive goes to `path` + ".partial" first and then replaces `path` by a rename, so an
-/// interrupted write never leaves a truncated weights file behind. Parent directories are
+/// interrupted write never leaves a truncated weights file behind. Beside the tensors the file
+/// holds a CRC-32 of everything stored (key `igrad_digest`), which `load_weights` checks; the
+/// file stays a plain LibTorch archive that `torch::load` reads too. Parent directories are
 /// created. Throws `Error` when the file cannot be written.
 inline void save_weights(const AnyModel& model, const std::filesystem::path& path) {
   torch::serialize::OutputArchive archive;
   model.save(archive);
+  detail::add_digest(archive);
   detail::save_archive_atomically(archive, path, "weights");
 }
 
@@ -38,24 +42,29 @@ inline void save_weights(const AnyModel& model, const std::filesystem::path& pat
 /// `model`, on the model's device. The model's tensors stay the same objects, so an optimizer
 /// built on its parameters keeps working.
 ///
-/// Throws `DataError` naming the file when it is missing, not an archive, or holds weights of
-/// another architecture (a missing tensor or a wrong shape); the model is then left as it was.
-/// (LibTorch's own `nn::Module::load` silently adopts a stored tensor of another shape; igrad
-/// checks every shape.)
+/// Throws `DataError` naming the file, and the model is left as it was, when the file is
+/// missing or not an archive; when its digest does not match its content (a flipped byte); or
+/// when it holds weights that do not fit: a missing tensor, or one of another shape, dtype
+/// (a file saved from a double model into a float one) or device, named in the message.
+/// (LibTorch's own `nn::Module::load` silently adopts a stored tensor of another shape and
+/// reinterprets one of another dtype.) A file without a digest — written by an igrad older
+/// than the digest, or by `torch::save` — loads with every check but the digest.
 inline void load_weights(const AnyModel& model, const std::filesystem::path& path) {
-  detail::require<DataError>(std::filesystem::is_regular_file(path),
-                             "weights file '{}' does not exist; expected a file written by "
-                             "igrad::save_weights",
-                             path.string());
   torch::serialize::InputArchive archive;
+  detail::load_archive(archive, path, model.device(), "weights file", "igrad::save_weights");
+  detail::ModelSnapshot snapshot(model);
   try {
-    archive.load_from(path.string(), model.device());
+    detail::verify_digest(archive, path, "weights file");
+    detail::load_model_checked(model, archive, path, "weights file", snapshot);
+  } catch (const Error&) {
+    throw;
   } catch (const std::exception& e) {
+    // LibTorch's own errors on a corrupt file's content.
+    snapshot.restore();
     throw DataError(fmt::format("weights file '{}' cannot be read: {}; expected a file written "
-                                "by igrad::save_weights",
+                                "by igrad::save_weights (the model was left unchanged)",
                                 path.string(), detail::first_line(e.what())));
   }
-  detail::load_model_checked(model, archive, path, "weights file");
 }
 
 /// @}
