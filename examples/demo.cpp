@@ -542,7 +542,10 @@ int main(int argc, char** argv) {
       md << fmt::format(
           "## Accuracy and faithfulness (test set)\n\nAccuracy on all {} test images; AD / AI / AG in %, "
           "insertion / deletion as AUC in [0, 1], on the first {} test images, class = ground truth, "
-          "masking in pixel space (SPEC §5). Lower is better for AD and deletion, higher for the rest; "
+          "masking in pixel space (SPEC §5). Insertion starts from igrad's default blur "
+          "(`BlurConvention::sampled`: the sampled Gaussian, 11 taps, σ 5, replicate padding in pixel "
+          "space), not RISE's (point-filtered kernel, zero padding in normalised space), which gives "
+          "other insertion values. Lower is better for AD and deletion, higher for the rest; "
           "the better value is in bold.\n\n",
           data.test.count(), std::min(c.eval_samples, data.test.count()));
       md << main_table << "\n";

@@ -335,6 +335,19 @@ TEST_CASE("evaluate: misuse gives clear igrad errors") {
   contains(error_of([&] { igrad::evaluate(probe, {half}, mixed, quiet()); }), "all or none");
 }
 
+TEST_CASE("evaluate: images with more channels than the model takes give an igrad error") {
+  // Issue 14: 3-channel images on a 1-channel model raised LibTorch's conv2d error.
+  SmallConv net(3);
+  const auto x = torch::rand({4, 3, 6, 6});
+  const auto y = torch::tensor({0, 1, 2, 0}, torch::kLong);
+  const auto message = error_of([&] {
+    igrad::evaluate(net, {sigmoid_explainer()}, {x, y}, quiet().batch_size(2));
+  });
+  INFO(message);
+  CHECK(message.find("[2, 3, 6, 6]") != std::string::npos);
+  CHECK(message.find("takes 1 channel") != std::string::npos);
+}
+
 TEST_CASE("evaluate: a Boost.Hana tuple of CAM types becomes explainers named C::name") {
   torch::manual_seed(13);
   SmallConv net(3);

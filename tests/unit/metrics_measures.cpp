@@ -56,6 +56,17 @@ struct ProbeImpl : torch::nn::Module {
 };
 TORCH_MODULE(Probe);
 
+/// Two classes with logits `[mean(x), 0]`; keeps the last batch it was given.
+struct RecorderImpl : torch::nn::Module {
+  torch::Tensor forward(torch::Tensor x) {
+    last = x.clone();
+    const auto m = x.mean({1, 2, 3});
+    return torch::stack({m, torch::zeros_like(m)}, 1);
+  }
+  torch::Tensor last;
+};
+TORCH_MODULE(Recorder);
+
 torch::Tensor constant_images(const std::vector<double>& values, int64_t c = 1, int64_t h = 4,
                               int64_t w = 4) {
   auto x = torch::empty({static_cast<int64_t>(values.size()), c, h, w}, torch::kDouble);
@@ -228,6 +239,62 @@ TEST_CASE("metrics: the model runs in eval mode and its mode is restored") {
   CHECK(probe->is_training());
 }
 
+TEST_CASE("metrics: masking is computed in double and rounded once to float32 (issue 18)") {
+  // In float32 the masked image carried 1–2 ulp of rounding, which moved Average Drop by 1e-4 on
+  // an image whose label probability was 0.12. The masked image must be the double-precision
+  // definition rounded once to the images' dtype, and the model must see exactly that image.
+  torch::manual_seed(18);
+  SmallConv net(3);  // float32 parameters
+  igrad::AnyModel model(net);
+  const double mean = 0.2860, sd = 0.3530;
+  const auto norm = igrad::DatasetNormalization({mean}, {sd});
+  const auto x = torch::randn({8, 1, 6, 6});  // float32, normalised
+  const auto maps = torch::rand({8, 6, 6}, torch::kDouble);
+  // SPEC §5 in double: de-normalise, multiply by S, re-normalise; then one rounding to float32.
+  const auto xd = x.to(torch::kDouble);
+  const auto expected = (((xd * sd + mean) * maps.unsqueeze(1) - mean) / sd).to(torch::kFloat);
+  const auto masked = igrad::mask_images(x, maps, norm);
+  CHECK((masked.scalar_type() == torch::kFloat));
+  CHECK(masked.equal(expected));
+  // Without a normalisation: x · S in double, rounded once.
+  CHECK(igrad::mask_images(x, maps).equal((xd * maps.unsqueeze(1)).to(torch::kFloat)));
+  // S = 1 still gives x back bit for bit.
+  CHECK(igrad::mask_images(x, torch::ones({8, 6, 6}, torch::kDouble), norm).equal(x));
+
+  // Small p: each image is scored for its least likely class (p < 1/3 with three classes); o is
+  // the float32 model's probability of the once-rounded image, bit for bit.
+  torch::NoGradGuard no_grad;
+  const auto probabilities = torch::softmax(net->forward(x).to(torch::kDouble), 1);
+  const auto y = probabilities.argmin(1);
+  REQUIRE(probabilities.gather(1, y.view({-1, 1})).max().item<double>() < 1.0 / 3);
+  const auto scores =
+      igrad::faithfulness_scores(model, x, maps, y, igrad::MaskingOptions().normalization(norm));
+  const auto o = torch::softmax(net->forward(expected).to(torch::kDouble), 1)
+                     .gather(1, y.view({-1, 1}))
+                     .view(-1);
+  CHECK(scores.masked.equal(o));
+}
+
+TEST_CASE("metrics: images with more channels than the model takes give an igrad error") {
+  // Issue 14: 3-channel images on a 1-channel model raised LibTorch's conv2d error.
+  SmallConv net(3);  // its first convolution takes 1 channel
+  igrad::AnyModel model(net);
+  const auto x = torch::rand({2, 3, 6, 6});
+  const auto maps = torch::full({2, 6, 6}, 0.5);
+  const auto y = labels({0, 1});
+  const auto expect_channels = [](const std::string& message) {
+    INFO(message);
+    CHECK(message.find("[2, 3, 6, 6]") != std::string::npos);
+    CHECK(message.find("takes 1 channel") != std::string::npos);
+  };
+  expect_channels(error_of([&] { igrad::faithfulness(model, x, maps, y); }));
+  expect_channels(error_of([&] { igrad::deletion(model, x, maps, y); }));
+  expect_channels(error_of([&] { igrad::insertion(model, x, maps, y); }));
+  expect_channels(error_of([&] { igrad::faithfulness_scores(model, x, maps, y); }));
+  // The model is left in the mode it had.
+  CHECK(net->is_training());
+}
+
 // ---------------------------------------------------------------------------------------------
 TEST_CASE("metrics: the trapezoid area normalised to [0, 1]") {
   // (Σ s_j − (s_0 + s_n)/2) / n, by hand.
@@ -389,6 +456,86 @@ TEST_CASE("metrics: the separable Gaussian blur") {
     CHECK(error_of([&] { igrad::gaussian_blur(small, 11, 5, igrad::BlurPadding::reflect); })
               .find("reflect padding") != std::string::npos);
     CHECK(error_of([&] { igrad::gaussian_blur(x, 4, 5); }).find("odd") != std::string::npos);
+  }
+}
+
+TEST_CASE("metrics: RISE's blur convention, against a folded kernel and an explicit 2-D convolution") {
+  // The 1-D kernel by another formulation than the library's: scipy's reflect extension of an
+  // n-sample line is mirror-symmetric and periodic with period 2n, so the unit point at c has
+  // copies at c + 2nt and −1 − c + 2nt; a_i adds the Gaussian weight of every copy within the
+  // radius R = ⌊4σ + 0.5⌋ of i.
+  const auto folded_kernel = [](int n, double sigma) {
+    const int radius = static_cast<int>(4 * sigma + 0.5), c = n / 2;
+    double z = 0;
+    for (int j = -radius; j <= radius; ++j) z += std::exp(-j * j / (2 * sigma * sigma));
+    std::vector<double> a(static_cast<size_t>(n), 0.0);
+    for (int i = 0; i < n; ++i)
+      for (int t = -4; t <= 4; ++t)
+        for (int copy : {c + 2 * n * t, -1 - c + 2 * n * t})
+          if (std::abs(copy - i) <= radius)
+            a[static_cast<size_t>(i)] += std::exp(-(copy - i) * (copy - i) / (2 * sigma * sigma)) / z;
+    return a;
+  };
+  SUBCASE("the kernel of RISE's gkern(11, 5), with two values by hand") {
+    double z = 0;
+    for (int j = -20; j <= 20; ++j) z += std::exp(-j * j / 50.0);
+    const auto a = folded_kernel(11, 5.0);
+    // a_0 collects offsets 5, −6, 16, −17; the centre 0 and ±11.
+    CHECK(a[0] == doctest::Approx((std::exp(-0.5) + std::exp(-0.72) + std::exp(-5.12) + std::exp(-5.78)) / z).epsilon(1e-14));
+    CHECK(a[5] == doctest::Approx((1 + 2 * std::exp(-2.42)) / z).epsilon(1e-14));
+    const auto k = igrad::rise_blur_kernel(11, 5.0);
+    REQUIRE(k.size(0) == 11);
+    double sum = 0;
+    for (int i = 0; i < 11; ++i) {
+      CHECK(k[i].item<double>() == doctest::Approx(a[static_cast<size_t>(i)]).epsilon(1e-12));
+      sum += k[i].item<double>();
+    }
+    CHECK(sum == doctest::Approx(1.0).epsilon(1e-12));
+    // Flatter than the sampled Gaussian of the default convention (its centre is 1 / Σ_{|k|≤5}).
+    double sampled = 0;
+    for (int j = -5; j <= 5; ++j) sampled += std::exp(-j * j / 50.0);
+    CHECK(k[5].item<double>() < 1 / sampled);
+  }
+  SUBCASE("a narrow Gaussian does not reach the border: the truncated sampled Gaussian") {
+    const auto k = igrad::rise_blur_kernel(11, 0.5);  // R = 2
+    const double z = 1 + 2 * std::exp(-2.0) + 2 * std::exp(-8.0);
+    CHECK(k[5].item<double>() == doctest::Approx(1 / z).epsilon(1e-14));
+    CHECK(k[6].item<double>() == doctest::Approx(std::exp(-2.0) / z).epsilon(1e-14));
+    CHECK(k[3].item<double>() == doctest::Approx(std::exp(-8.0) / z).epsilon(1e-14));
+    CHECK(k[8].item<double>() == 0.0);
+    CHECK(error_of([] { igrad::rise_blur_kernel(4, 5.0); }).find("odd") != std::string::npos);
+  }
+  SUBCASE("insertion starts from the explicit 2-D convolution, zero-padded in normalised space") {
+    torch::manual_seed(11);
+    const int64_t channels = 2, h = 7, w = 9;
+    const auto x = torch::randn({1, channels, h, w}, torch::kDouble);
+    const auto a = folded_kernel(11, 5.0);
+    auto expected = torch::zeros({channels, h, w}, torch::kDouble);
+    const auto xa = x.accessor<double, 4>();
+    auto ea = expected.accessor<double, 3>();
+    for (int64_t ch = 0; ch < channels; ++ch)
+      for (int64_t row = 0; row < h; ++row)
+        for (int64_t col = 0; col < w; ++col)
+          for (int64_t u = 0; u < 11; ++u)
+            for (int64_t v = 0; v < 11; ++v) {
+              const int64_t r = row + u - 5, s = col + v - 5;
+              if (r >= 0 && r < h && s >= 0 && s < w)  // outside: 0 in normalised space
+                ea[ch][row][col] += a[static_cast<size_t>(u)] * a[static_cast<size_t>(v)] * xa[0][ch][r][s];
+            }
+    Recorder recorder;
+    // A normalisation is given, and RISE's convention does not use it for the blur.
+    const auto options = igrad::CausalOptions()
+                             .normalization(igrad::DatasetNormalization({0.1, 0.2}, {0.5, 0.3}))
+                             .blur_convention(igrad::BlurConvention::rise)
+                             .pixels_per_step(h * w);
+    igrad::insertion(recorder, x, torch::rand({1, h, w}, torch::kDouble), labels({0}), options);
+    REQUIRE(recorder->last.size(0) == 2);  // the substrate (point 0), then the image (point 1)
+    CHECK(max_abs_diff(recorder->last[0], expected) < 1e-12);
+    CHECK(recorder->last[1].equal(x[0]));
+    // The default convention starts elsewhere (sampled kernel, replicate padding in pixel space).
+    igrad::insertion(recorder, x, torch::rand({1, h, w}, torch::kDouble), labels({0}),
+                     igrad::CausalOptions(options).blur_convention(igrad::BlurConvention::sampled));
+    CHECK(max_abs_diff(recorder->last[0], expected) > 1e-3);
   }
 }
 

@@ -40,6 +40,21 @@ enum class BlurPadding {
   zeros,      ///< black border (in pixel space when a normalisation is given)
 };
 
+/// @brief How the blurred substrate is made: the kernel and the space it pads in (SPEC §5).
+///
+/// The two conventions give insertion areas up to 0.2–0.4 apart on Fashion-MNIST, so a result
+/// should say which one it used.
+enum class BlurConvention {
+  /// igrad's default (SPEC §5): the sampled Gaussian `exp(−k²/2σ²)`, `k = −r … r`, normalised to
+  /// sum 1, applied in pixel space with `CausalOptions::blur_padding` (replicate by default).
+  sampled,
+  /// RISE's code (Petsiuk et al. 2018, `gkern`): the kernel is a unit point filtered by scipy's
+  /// `gaussian_filter` (see `rise_blur_kernel`), and the image is zero-padded in *normalised*
+  /// space, i.e. with the dataset mean (a grey border around Fashion-MNIST's black background).
+  /// `blur_padding` is ignored.
+  rise,
+};
+
 /// @brief Options of insertion and deletion, with chained setters.
 struct CausalOptions {
   /// The dataset's normalisation: substrates and the blur are computed in pixel space.
@@ -55,8 +70,11 @@ struct CausalOptions {
   TORCH_ARG(int64_t, blur_kernel_size) = 11;
   /// Standard deviation of the Gaussian kernel in pixels, RISE's 5.
   TORCH_ARG(double, blur_sigma) = 5.0;
-  /// Padding of the blur.
+  /// Padding of the blur (pixel space; the `sampled` convention only).
   TORCH_ARG(BlurPadding, blur_padding) = BlurPadding::replicate;
+  /// Kernel construction and padding space of the blur: igrad's `sampled` Gaussian in pixel space
+  /// (default) or RISE's point-filtered kernel with zero padding in normalised space.
+  TORCH_ARG(BlurConvention, blur_convention) = BlurConvention::sampled;
   /// Where insertion starts from.
   TORCH_ARG(Substrate, insertion_substrate) = Substrate::blurred;
   /// What deletion puts in place of a deleted pixel.
@@ -135,30 +153,89 @@ inline torch::Tensor gaussian_blur(const torch::Tensor& x, int64_t kernel_size =
   return planes.reshape({n, c, h, w});
 }
 
+/// @brief RISE's blur kernel, 1-D: a unit point filtered by scipy's `gaussian_filter`.
+///
+/// RISE's `gkern(klen, nsig)` puts a 1 in the centre of a `klen × klen` array and filters it with
+/// `scipy.ndimage.gaussian_filter(…, nsig)`: per axis, the sampled Gaussian `exp(−j²/2σ²)`,
+/// `j = −R … R` with `R = ⌊4σ + 0.5⌋` (scipy's `truncate = 4`), normalised to sum 1, correlated
+/// with the line extended in scipy's `reflect` mode (`d c b a | a b c d | d c b a`, repeated).
+/// The 2-D kernel is the outer product of this vector with itself. With RISE's 11 / σ 5 the radius
+/// (20) exceeds the line, so the tails fold back in: the kernel is flatter than the sampled
+/// Gaussian of `gaussian_blur`. It sums to 1. Returns `[kernel_size]` doubles on the CPU.
+inline torch::Tensor rise_blur_kernel(int64_t kernel_size = 11, double sigma = 5.0) {
+  detail::require(kernel_size >= 1 && kernel_size % 2 == 1,
+                  "blur kernel size is {}; expected an odd size >= 1", kernel_size);
+  detail::require(std::isfinite(sigma) && sigma > 0 && sigma < 1e6,
+                  "blur sigma is {}; expected a value in (0, 1e6)", sigma);
+  const auto radius = static_cast<int64_t>(4.0 * sigma + 0.5);
+  std::vector<double> weights(static_cast<size_t>(2 * radius + 1));
+  double total = 0;
+  for (int64_t j = -radius; j <= radius; ++j)
+    total += weights[static_cast<size_t>(j + radius)] =
+        std::exp(-0.5 * static_cast<double>(j * j) / (sigma * sigma));
+  for (double& w : weights) w /= total;
+  // The line holding the point, read at any index through scipy's reflect extension (period 2n).
+  const int64_t n = kernel_size, centre = kernel_size / 2, period = 2 * kernel_size;
+  const auto line = [&](int64_t index) {
+    int64_t folded = ((index % period) + period) % period;
+    if (folded >= n) folded = period - 1 - folded;
+    return folded == centre ? 1.0 : 0.0;
+  };
+  auto kernel = torch::zeros({kernel_size}, torch::kDouble);
+  auto* k = kernel.data_ptr<double>();
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = -radius; j <= radius; ++j)
+      k[i] += weights[static_cast<size_t>(j + radius)] * line(i + j);
+  return kernel;
+}
+
+/// @brief RISE's blur of `[N, C, H, W]` images: each channel convolved with `rise_blur_kernel`'s
+/// 2-D kernel, zero-padded, as RISE's `conv2d(x, kern, padding=klen//2)` does.
+///
+/// Pads with 0 in whatever space `x` is in: for normalised images, with the dataset mean (RISE's
+/// convention, `BlurConvention::rise`). Computed in double; returned in `x`'s dtype, on its device.
+inline torch::Tensor rise_blur(const torch::Tensor& x, int64_t kernel_size = 11,
+                               double sigma = 5.0) {
+  detail::require_images(x);
+  const auto kernel = rise_blur_kernel(kernel_size, sigma).to(x.device());
+  const int64_t r = kernel_size / 2;
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  auto planes = x.to(torch::kDouble).reshape({n * c, 1, h, w});
+  if (r > 0) planes = torch::constant_pad_nd(planes, std::vector<int64_t>{r, r, r, r}, 0);
+  // Separable: the 2-D kernel is an outer product of the 1-D one.
+  planes = torch::conv2d(planes, kernel.view({1, 1, 1, kernel_size}));
+  planes = torch::conv2d(planes, kernel.view({1, 1, kernel_size, 1}));
+  return planes.reshape({n, c, h, w}).to(x.scalar_type());
+}
+
 namespace detail {
 
-/// The substrate images `[N, C, H, W]` (normalised space) of a batch.
+/// The substrate images `[N, C, H, W]` (normalised space) of a batch, in double.
 inline torch::Tensor substrate_images(const torch::Tensor& x, Substrate substrate,
                                       const CausalOptions& options) {
   const auto& norm = options.normalization();
+  const auto xd = x.to(torch::kDouble);
   switch (substrate) {
-    case Substrate::zeros: return torch::zeros_like(x);
+    case Substrate::zeros: return torch::zeros_like(xd);
     case Substrate::black: {
-      if (!norm) return torch::zeros_like(x);
-      const auto [mean, std] = normalization_tensors(*norm, x.size(1), x);
-      return (-mean / std).expand_as(x).contiguous();
+      if (!norm) return torch::zeros_like(xd);
+      const auto [mean, std] = normalization_tensors(*norm, x.size(1), xd);
+      return (-mean / std).expand_as(xd).contiguous();
     }
     case Substrate::blurred: {
+      // RISE's convention blurs the normalised images as they are, zero-padded there.
+      if (options.blur_convention() == BlurConvention::rise)
+        return rise_blur(xd, options.blur_kernel_size(), options.blur_sigma());
       if (!norm)
-        return gaussian_blur(x, options.blur_kernel_size(), options.blur_sigma(),
+        return gaussian_blur(xd, options.blur_kernel_size(), options.blur_sigma(),
                              options.blur_padding());
       // Blurred in pixel space, so that zero padding means a black border.
-      const auto [mean, std] = normalization_tensors(*norm, x.size(1), x);
-      return (gaussian_blur(x * std + mean, options.blur_kernel_size(), options.blur_sigma(),
+      const auto [mean, std] = normalization_tensors(*norm, x.size(1), xd);
+      return (gaussian_blur(xd * std + mean, options.blur_kernel_size(), options.blur_sigma(),
                             options.blur_padding()) - mean) / std;
     }
   }
-  return torch::zeros_like(x);
+  return torch::zeros_like(xd);
 }
 
 /// Softmax probabilities `[N, K]` of a batch forwarded in chunks of `batch_size`.
@@ -213,11 +290,15 @@ inline CausalCurves causal_curves(const AnyModel& model, const torch::Tensor& x,
       1, order, torch::arange(pixels, long_options).expand({n_images, pixels}).contiguous());
 
   const bool insert = metric == CausalMetric::insertion;
+  // The substrate is computed in double and rounded once to the dtype the model computes in; the
+  // step images only select pixels of it and of x, so they hold no further rounding (SPEC §5).
+  const auto dtype = detail::model_input_dtype(model, x.scalar_type());
   const auto substrate =
       detail::substrate_images(x, insert ? options.insertion_substrate()
-                                         : options.deletion_substrate(), options);
-  const auto& before = insert ? substrate : x;  // pixels not yet changed
-  const auto& after = insert ? x : substrate;   // pixels already changed
+                                         : options.deletion_substrate(), options).to(dtype);
+  const auto image = x.to(dtype);
+  const auto& before = insert ? substrate : image;  // pixels not yet changed
+  const auto& after = insert ? image : substrate;   // pixels already changed
 
   auto curves = torch::empty({n_images * points}, torch::TensorOptions()
                                                       .dtype(torch::kDouble)
@@ -226,14 +307,14 @@ inline CausalCurves causal_curves(const AnyModel& model, const torch::Tensor& x,
   for (int64_t start = 0; start < total; start += options.batch_size()) {
     const int64_t end = std::min(total, start + options.batch_size());
     const auto flat = torch::arange(start, end, long_options);
-    const auto image = torch::div(flat, points, /*rounding_mode=*/"floor");
+    const auto index = torch::div(flat, points, /*rounding_mode=*/"floor");
     const auto changed = (flat.remainder(points) * step).clamp_max(pixels);
     const auto mask =
-        (rank.index_select(0, image) < changed.unsqueeze(1)).view({end - start, 1, h, w});
+        (rank.index_select(0, index) < changed.unsqueeze(1)).view({end - start, 1, h, w});
     const auto step_images =
-        torch::where(mask, after.index_select(0, image), before.index_select(0, image));
+        torch::where(mask, after.index_select(0, index), before.index_select(0, index));
     curves.slice(0, start, end).copy_(detail::probability_of(
-        detail::class_probabilities(model, step_images), c.index_select(0, image)));
+        detail::class_probabilities(model, step_images), c.index_select(0, index)));
   }
   curves = curves.view({n_images, points});
   auto pixel_counts = (torch::arange(points, torch::kLong) * step).clamp_max(pixels);

@@ -47,7 +47,10 @@ inline FaithfulnessScores faithfulness_scores(const AnyModel& model, const torch
                                               const MaskingOptions& options = {}) {
   torch::NoGradGuard no_grad;  // before masking: maps that carry a graph must not extend it
   detail::require_images(x);
-  const auto masked_images = mask_images(x, maps, options.normalization());
+  // Masked in double and rounded once, to the dtype the model computes in (SPEC §5).
+  const auto masked_images =
+      detail::mask_images_in_double(x, maps, options.normalization())
+          .to(detail::model_input_dtype(model, x.scalar_type()));
   TrainingModeGuard eval_mode(model, false);
   const auto probabilities = detail::class_probabilities(model, x);
   const auto c = detail::chosen_classes(probabilities, classes, options.target());
