@@ -150,31 +150,7 @@ class Trainer {
   /// Throws `InvalidArgument` for bad input and `NumericalError` when the loss is not finite;
   /// in both cases the parameters, buffers and optimizer state are left as they were.
   StepResult step(const torch::Tensor& x, const torch::Tensor& targets) {
-    auto [input, labels] = prepare(x, targets);
-    BufferSnapshot snapshot(model_);
-    RegularisedLoss l;
-    try {
-      l = compute_loss(input, labels);
-      detail::require<NumericalError>(
-          std::isfinite(l.total.template item<double>()),
-          "the loss is not finite (L_C = {}, L_R = {}); the step was refused and the model left "
-          "unchanged. Expected finite losses: lower the learning rate or lambda",
-          l.classification.template item<double>(), l.regulariser.template item<double>());
-    } catch (...) {
-      snapshot.restore();
-      throw;
-    }
-    optimizer_->zero_grad();
-    backward_to_parameters(l.total);
-    optimizer_->step();
-    ++steps_;
-    StepResult result;
-    result.loss = l.total.template item<double>();
-    result.classification_loss = l.classification.template item<double>();
-    result.regulariser_loss = l.regulariser.defined() ? l.regulariser.template item<double>() : 0.0;
-    result.accuracy = l.logits.argmax(1).eq(labels).to(torch::kDouble).mean().template item<double>();
-    result.batch_size = input.size(0);
-    return result;
+    return step_with(x, targets, [] {});
   }
 
   /// @brief Number of successful steps so far.
@@ -206,7 +182,8 @@ class Trainer {
       double weight = 0;
       for (auto&& batch : detail::batches(loader)) {
         auto [data, target] = detail::unpack_batch(batch);
-        const auto r = step(data, target);
+        const auto r = step_with(
+            data, target, [&] { detail::run_callbacks_after_backward(state, callbacks...); });
         const double n = static_cast<double>(r.batch_size);
         log.loss += r.loss * n;
         log.classification_loss += r.classification_loss * n;
@@ -267,6 +244,39 @@ class Trainer {
    private:
     std::vector<torch::Tensor> buffers_, copies_;
   };
+
+  /// `step`, with `after_backward()` called between the backward to the parameters and the
+  /// optimizer's update (`fit` runs the callbacks' `on_after_backward` there).
+  template <class AfterBackward>
+  StepResult step_with(const torch::Tensor& x, const torch::Tensor& targets,
+                       AfterBackward&& after_backward) {
+    auto [input, labels] = prepare(x, targets);
+    BufferSnapshot snapshot(model_);
+    RegularisedLoss l;
+    try {
+      l = compute_loss(input, labels);
+      detail::require<NumericalError>(
+          std::isfinite(l.total.template item<double>()),
+          "the loss is not finite (L_C = {}, L_R = {}); the step was refused and the model left "
+          "unchanged. Expected finite losses: lower the learning rate or lambda",
+          l.classification.template item<double>(), l.regulariser.template item<double>());
+    } catch (...) {
+      snapshot.restore();
+      throw;
+    }
+    optimizer_->zero_grad();
+    backward_to_parameters(l.total);
+    after_backward();
+    optimizer_->step();
+    ++steps_;
+    StepResult result;
+    result.loss = l.total.template item<double>();
+    result.classification_loss = l.classification.template item<double>();
+    result.regulariser_loss = l.regulariser.defined() ? l.regulariser.template item<double>() : 0.0;
+    result.accuracy = l.logits.argmax(1).eq(labels).to(torch::kDouble).mean().template item<double>();
+    result.batch_size = input.size(0);
+    return result;
+  }
 
   /// C's maps of the held-out batch: their statistics and faithfulness into the epoch log.
   void report_held_out(EpochLog& log) const {

@@ -59,6 +59,8 @@ struct TrainerState {
 ///
 /// - `on_train_begin(TrainerState&)`
 /// - `on_epoch_begin(TrainerState&)`
+/// - `on_after_backward(TrainerState&)`: after each step's backward to the parameters, before
+///   `optimizer.step()` (where data-parallel training averages the gradients across ranks)
 /// - `on_batch_end(TrainerState&, const StepResult&)`
 /// - `on_epoch_end(TrainerState&, EpochLog&)`
 /// - `on_train_end(TrainerState&)`
@@ -74,7 +76,8 @@ struct TrainerState {
 template <class C>
 concept Callback = requires(C& c, TrainerState& s, const StepResult& r, EpochLog& l) {
   requires requires { c.on_train_begin(s); } || requires { c.on_epoch_begin(s); } ||
-      requires { c.on_batch_end(s, r); } || requires { c.on_epoch_end(s, l); } ||
+      requires { c.on_after_backward(s); } || requires { c.on_batch_end(s, r); } ||
+      requires { c.on_epoch_end(s, l); } ||
       requires { c.on_train_end(s); };
 };
 
@@ -97,7 +100,8 @@ template <class... Cs>
 bool run_callbacks_begin(TrainerState& s, Cs&... cs) {
   static_assert((Callback<Cs> && ...),
                 "igrad::Trainer::fit: each callback needs at least one of on_train_begin, "
-                "on_epoch_begin, on_batch_end, on_epoch_end, on_train_end (see igrad::Callback)");
+                "on_epoch_begin, on_after_backward, on_batch_end, on_epoch_end, on_train_end (see "
+                "igrad::Callback)");
   bool stop = false;
   ((stop |= [&] {
      if constexpr (requires { cs.on_train_begin(s); })
@@ -117,6 +121,14 @@ bool run_callbacks_epoch_begin(TrainerState& s, Cs&... cs) {
    }()),
    ...);
   return stop;
+}
+template <class... Cs>
+void run_callbacks_after_backward(TrainerState& s, Cs&... cs) {
+  (
+      [&] {
+        if constexpr (requires { cs.on_after_backward(s); }) cs.on_after_backward(s);
+      }(),
+      ...);
 }
 template <class... Cs>
 bool run_callbacks_batch_end(TrainerState& s, const StepResult& r, Cs&... cs) {
