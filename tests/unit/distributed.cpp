@@ -22,6 +22,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -263,6 +264,18 @@ struct StateRecorder {
   }
 };
 
+/// The runs of the same-update test: Adam as the issue asks, and SGD, whose update (unlike
+/// Adam's) scales with the gradient, so that a sum instead of a mean would show.
+std::vector<std::pair<double, std::string>> same_update_runs() {
+  return {{0.0, "adam"}, {kLambda, "adam"}, {kLambda, "sgd"}};
+}
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name,
+                                                        const TinyConv& model) {
+  if (name == "adam") return std::make_unique<torch::optim::Adam>(model->parameters(), 1e-2);
+  return std::make_unique<torch::optim::SGD>(model->parameters(), 0.5);
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -272,15 +285,15 @@ TEST_CASE("distributed worker - same update as one rank" * doctest::skip()) {
   auto group = dist::ProcessGroup::from_environment();
   REQUIRE(group.world_size() == 2);
   const auto dir = worker_scratch();
-  for (double lambda : {0.0, kLambda}) {
+  for (const auto& [lambda, optimizer_name] : same_update_runs()) {
     // Each rank starts from another initialisation: the broadcast from rank 0 must fix it.
     auto model = seeded_model(1 + static_cast<uint64_t>(group.rank()), false);
-    torch::optim::Adam optimizer(model->parameters(), 1e-2);
-    igrad::Trainer<> trainer(model, optimizer, igrad::TrainerOptions().lambda(lambda));
+    auto optimizer = make_optimizer(optimizer_name, model);
+    igrad::Trainer<> trainer(model, *optimizer, igrad::TrainerOptions().lambda(lambda));
     auto mine = shards(global_batches(), group.rank(), group.world_size());
     trainer.fit(mine, 1, dist::DataParallel(group));
-    torch::save(state_of(model),
-                (dir / fmt::format("lambda{}_rank{}.pt", lambda, group.rank())).string());
+    torch::save(state_of(model), (dir / fmt::format("{}_{}_rank{}.pt", optimizer_name, lambda,
+                                                    group.rank())).string());
   }
 }
 
@@ -409,16 +422,19 @@ TEST_CASE("distributed: 2 ranks x 32 give the parameters of 1 rank x 64 after 5 
   const auto result = launch("distributed worker - same update as one rank", scratch.path, 2, {0, 1});
   INFO(result.all_logs());
   REQUIRE(result.all_succeeded());
-  for (double lambda : {0.0, kLambda}) {
+  for (const auto& [lambda, optimizer_name] : same_update_runs()) {
     CAPTURE(lambda);
+    CAPTURE(optimizer_name);
     // The reference: one process, the global batch of 64, rank 0's initialisation.
     auto model = seeded_model(1, false);
-    torch::optim::Adam optimizer(model->parameters(), 1e-2);
-    igrad::Trainer<> trainer(model, optimizer, igrad::TrainerOptions().lambda(lambda));
+    auto optimizer = make_optimizer(optimizer_name, model);
+    igrad::Trainer<> trainer(model, *optimizer, igrad::TrainerOptions().lambda(lambda));
     for (const auto& b : global_batches()) trainer.step(b.data, b.target);
     const auto reference = state_of(model);
-    const auto rank0 = load_tensors(scratch.path / fmt::format("lambda{}_rank0.pt", lambda));
-    const auto rank1 = load_tensors(scratch.path / fmt::format("lambda{}_rank1.pt", lambda));
+    const auto file = [&](int rank) {
+      return scratch.path / fmt::format("{}_{}_rank{}.pt", optimizer_name, lambda, rank);
+    };
+    const auto rank0 = load_tensors(file(0)), rank1 = load_tensors(file(1));
     CHECK(max_relative_difference(rank0, reference) < 1e-5);
     CHECK(bit_identical(rank0, rank1));
     // The steps moved the parameters well beyond that tolerance, so the check can fail.
