@@ -3,7 +3,7 @@
 # exact apt-get line to run. Only the top-level presets switch this on (IGRAD_BOOTSTRAP_DEPS).
 
 set(IGRAD_DEBIAN_PACKAGES
-  libtorch-dev libboost-dev libfmt-dev doctest-dev libstb-dev libcli11-dev zlib1g-dev
+  libtorch-dev libgloo-dev libboost-dev libfmt-dev doctest-dev libstb-dev libcli11-dev zlib1g-dev
   dataset-fashion-mnist)
 
 function(igrad_bootstrap_debian_packages)
