@@ -22,6 +22,7 @@
 
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <arpa/inet.h>
@@ -115,9 +116,17 @@ int free_port() {
   return ntohs(address.sin_port);
 }
 
+/// CPU time of this process (all its threads, Gloo's included), in ms.
+double process_cpu_ms() {
+  timespec t{};
+  ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return 1e3 * static_cast<double>(t.tv_sec) + 1e-6 * static_cast<double>(t.tv_nsec);
+}
+
 /// Child mode of --processes: this rank's share of the global batch, `steps` regularised steps
 /// with the gradients averaged across the process group the environment describes. Prints the
-/// median step time and the median time spent averaging gradients, in ms.
+/// median step time, the median time spent averaging gradients and the median CPU time of a
+/// step, in ms.
 int measure_scaling(const std::string& model, int steps) {
   torch::set_num_threads(1);
   auto group = igrad::distributed::ProcessGroup::from_environment();
@@ -129,31 +138,40 @@ int measure_scaling(const std::string& model, int steps) {
   igrad::distributed::DataParallel parallel(group);
   struct StepTimer {
     igrad::distributed::DataParallel* parallel;
-    std::vector<double> step_ms, communication_ms;
+    std::vector<double> step_ms, communication_ms, cpu_ms;
     std::chrono::steady_clock::time_point last = std::chrono::steady_clock::now();
-    double last_communication = 0;
+    double last_communication = 0, last_cpu = process_cpu_ms();
     void on_batch_end(igrad::TrainerState&, const igrad::StepResult&) {
       const auto now = std::chrono::steady_clock::now();
+      const double cpu = process_cpu_ms();
       step_ms.push_back(std::chrono::duration<double, std::milli>(now - last).count());
       communication_ms.push_back(1e3 * (parallel->communication_seconds() - last_communication));
+      cpu_ms.push_back(cpu - last_cpu);
       last = now;
+      last_cpu = cpu;
       last_communication = parallel->communication_seconds();
     }
   } timer{&parallel};
   const int warm_up = 2;
   std::vector<torch::data::Example<>> batches(static_cast<std::size_t>(warm_up + steps), {x, t});
   timer.last = std::chrono::steady_clock::now();
+  timer.last_cpu = process_cpu_ms();
   trainer.fit(batches, 1, parallel, timer);
   const std::vector<double> step(timer.step_ms.begin() + warm_up, timer.step_ms.end());
   const std::vector<double> communication(timer.communication_ms.begin() + warm_up,
                                           timer.communication_ms.end());
-  std::printf("%f %f\n", median(step), median(communication));
+  const std::vector<double> cpu(timer.cpu_ms.begin() + warm_up, timer.cpu_ms.end());
+  std::printf("%f %f %f\n", median(step), median(communication), median(cpu));
   return 0;
 }
 
-/// Runs `processes` ranks of `--child-scaling` (a world of one without launcher variables) and
-/// returns rank 0's {median step ms, median communication ms}.
-std::pair<double, double> scaling_run(const std::string& self, const std::string& model,
+/// Medians of one scaling run, in ms: rank 0's step and communication, the busiest rank's CPU.
+struct ScalingFigures {
+  double step = -1, communication = -1, cpu = -1;
+};
+
+/// Runs `processes` ranks of `--child-scaling` (a world of one without launcher variables).
+ScalingFigures scaling_run(const std::string& self, const std::string& model,
                                       int steps, int processes) {
   const int port = free_port();
   std::vector<std::FILE*> pipes;
@@ -166,14 +184,18 @@ std::pair<double, double> scaling_run(const std::string& self, const std::string
     pipes.push_back(::popen(
         fmt::format("{} '{}' --child-scaling {} --steps {}", env, self, model, steps).c_str(), "r"));
   }
-  double step = -1, communication = -1;
+  ScalingFigures figures;
+  bool failed = false;
   for (int rank = 0; rank < processes; ++rank) {
-    double s = -1, c = -1;
-    if (pipes[rank] && std::fscanf(pipes[rank], "%lf %lf", &s, &c) != 2) s = c = -1;
+    double s = -1, c = -1, u = -1;
+    if (pipes[rank] && std::fscanf(pipes[rank], "%lf %lf %lf", &s, &c, &u) != 3) s = c = u = -1;
     if (pipes[rank]) ::pclose(pipes[rank]);
-    if (rank == 0) step = s, communication = c;
+    if (rank == 0) figures.step = s, figures.communication = c;
+    failed = failed || u < 0;
+    figures.cpu = std::max(figures.cpu, u);
   }
-  return {step, communication};
+  if (failed) figures.cpu = -1;
+  return figures;
 }
 
 }  // namespace
@@ -208,18 +230,24 @@ int main(int argc, char** argv) {
                "x 1 thread (Gloo on 127.0.0.1) at the same global batch, medians of {} steps\n",
                igrad::version_string, TORCH_VERSION, processes, steps);
     for (const auto& name : models) {
-      const auto [one, ignored] = scaling_run(argv[0], name, steps, 1);
-      const auto [many, communication] = scaling_run(argv[0], name, steps, processes);
-      if (one <= 0 || many <= 0) {
+      const auto one = scaling_run(argv[0], name, steps, 1);
+      const auto many = scaling_run(argv[0], name, steps, processes);
+      if (one.step <= 0 || many.step <= 0 || one.cpu <= 0 || many.cpu <= 0) {
         fmt::print(stderr, "{}: a child process failed\n", name);
         return 1;
       }
       const auto global_batch = make_workload(name).x.size(0);
       fmt::print("processes {} global batch {}: 1 rank {:.1f} ms/step, {} ranks {:.1f} ms/step, "
-                 "throughput ratio {:.2f}, communication {:.1f} ms ({:.0f}% of the step)\n",
-                 name, global_batch, one, processes, many, one / many, communication,
-                 100 * communication / many);
-      fmt::print("scaling {} {:.2f}\n", name, one / many / processes);
+                 "throughput ratio {:.2f}, communication {:.1f} ms ({:.0f}% of the step); CPU "
+                 "time per step: 1 rank {:.1f} ms, busiest of {} ranks {:.1f} ms\n",
+                 name, global_batch, one.step, processes, many.step, one.step / many.step,
+                 many.communication, 100 * many.communication / many.step, one.cpu, processes,
+                 many.cpu);
+      fmt::print("scaling {} {:.2f}\n", name, one.step / many.step / processes);
+      // On a machine busy with other work the wall times measure the scheduler: the CPU time of
+      // the busiest rank is what the step would take on cores of its own.
+      fmt::print("scaling-cpu {} {:.2f}\n", name, one.cpu / many.cpu / processes);
+      std::fflush(stdout);  // a run of minutes: show each model's figures as they come
     }
     return 0;
   }

@@ -28,6 +28,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace fs = std::filesystem;
@@ -380,7 +381,11 @@ TEST_CASE("distributed worker - checkpoint and resume" * doctest::skip()) {
   struct Pairs : torch::data::datasets::Dataset<Pairs> {
     torch::Tensor x, y;
     torch::data::Example<> get(std::size_t i) override { return {x[i], y[i]}; }
-    torch::optional<std::size_t> size() const override { return x.size(0); }
+    // c10::optional in LibTorch 1.x, std::optional in 2.x: take the type from the base class.
+    decltype(std::declval<const torch::data::datasets::TensorDataset&>().size()) size()
+        const override {
+      return static_cast<std::size_t>(x.size(0));
+    }
   };
   torch::manual_seed(99);
   Pairs data;

@@ -210,6 +210,16 @@ class DataParallel {
   double communication_seconds_ = 0;
 };
 
+namespace detail {
+/// The parameter type of a one-parameter member function.
+template <class F>
+struct sole_parameter;
+template <class C, class R, class A>
+struct sole_parameter<R (C::*)(A)> {
+  using type = A;
+};
+}  // namespace detail
+
 /// @brief A sampler that gives each rank a disjoint shard of every epoch, reshuffled per epoch
 /// from a seed shared by all ranks: LibTorch's `DistributedRandomSampler` (which pads the last
 /// shard with repeated indices so that every rank has as many batches) seeded with
@@ -219,7 +229,14 @@ class DataParallel {
 /// `on_epoch_begin` sets the epoch from the trainer's, so a resumed run shuffles epoch k as the
 /// uninterrupted run did (copies share their state).
 class DistributedSampler : public torch::data::samplers::Sampler<> {
+  using Base = torch::data::samplers::Sampler<>;
+
  public:
+  /// The optional size `reset` takes (`c10::optional` in LibTorch 1.x, `std::optional` in 2.x).
+  using OptionalSize = typename detail::sole_parameter<decltype(&Base::reset)>::type;
+  /// The optional batch of indices `next` returns.
+  using OptionalIndices = std::invoke_result_t<decltype(&Base::next), Base&, std::size_t>;
+
   /// @brief Shards of a dataset of `size` examples for `group`'s ranks.
   DistributedSampler(std::size_t size, const ProcessGroup& group, uint64_t seed = 0,
                      bool shuffle = true)
@@ -235,7 +252,7 @@ class DistributedSampler : public torch::data::samplers::Sampler<> {
   }
 
   /// @brief Starts the current epoch's shard again (its permutation is `seed + epoch`'s).
-  void reset(torch::optional<std::size_t> new_size = torch::nullopt) override {
+  void reset(OptionalSize new_size = {}) override {
     if (state_->shuffle) {
       state_->random.set_epoch(state_->seed + static_cast<uint64_t>(state_->epoch.load()));
       state_->random.reset(new_size);
@@ -244,7 +261,7 @@ class DistributedSampler : public torch::data::samplers::Sampler<> {
     }
   }
   /// @brief The next `batch_size` indices of this rank's shard.
-  torch::optional<std::vector<std::size_t>> next(std::size_t batch_size) override {
+  OptionalIndices next(std::size_t batch_size) override {
     return state_->shuffle ? state_->random.next(batch_size)
                            : state_->sequential.next(batch_size);
   }
@@ -278,6 +295,7 @@ class DistributedSampler : public torch::data::samplers::Sampler<> {
   };
   std::shared_ptr<State> state_;
 };
+
 
 namespace detail {
 /// Whether calling `f()` returns bool (a stop request).
