@@ -3,10 +3,16 @@
 // of three).
 //
 //   igrad_bench_training [--threads 1,2] [--steps 15] [--models small_cnn,resnet18]
-//                        [--device cpu|cuda]
+//                        [--device cpu|cuda] [--processes N]
 //
 // Prints one line per figure; each line ends with the ratio regularised / plain. On CUDA the
 // timers synchronise the device, and the memory lines (host peak RSS) are left out.
+//
+// --processes N measures data-parallel scaling instead: the regularised step at the same global
+// batch (SmallCNN 128, ResNet-18 32) in 1 process × 1 thread, then in N processes × 1 thread on
+// 127.0.0.1 (Gloo, igrad::distributed::DataParallel), each process a child of this one; prints
+// the share of the step spent averaging gradients and `scaling <model> <efficiency>` with
+// efficiency = (throughput of N ranks / throughput of 1) / N.
 #include <igrad/igrad.hpp>
 #include <igrad/models.hpp>
 
@@ -16,10 +22,16 @@
 
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -90,6 +102,102 @@ long child_peak_kib(const std::string& self, const std::string& model, bool regu
   return kib;
 }
 
+/// A TCP port on 127.0.0.1 that nothing listens on right now.
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof(address);
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0)
+    throw std::runtime_error("cannot find a free port on 127.0.0.1");
+  ::close(fd);
+  return ntohs(address.sin_port);
+}
+
+/// CPU time of this process (all its threads, Gloo's included), in ms.
+double process_cpu_ms() {
+  timespec t{};
+  ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return 1e3 * static_cast<double>(t.tv_sec) + 1e-6 * static_cast<double>(t.tv_nsec);
+}
+
+/// Child mode of --processes: this rank's share of the global batch, `steps` regularised steps
+/// with the gradients averaged across the process group the environment describes. Prints the
+/// median step time, the median time spent averaging gradients and the median CPU time of a
+/// step, in ms.
+int measure_scaling(const std::string& model, int steps) {
+  torch::set_num_threads(1);
+  auto group = igrad::distributed::ProcessGroup::from_environment();
+  auto w = make_workload(model);
+  const auto [begin, end] = group.shard(w.x.size(0));
+  const auto x = w.x.slice(0, begin, end), t = w.t.slice(0, begin, end);
+  torch::optim::Adam optimizer(w.model.parameters(), 1e-3);
+  igrad::Trainer<> trainer(w.model, optimizer, igrad::TrainerOptions().lambda(7.5e-3));
+  igrad::distributed::DataParallel parallel(group);
+  struct StepTimer {
+    igrad::distributed::DataParallel* parallel;
+    std::vector<double> step_ms, communication_ms, cpu_ms;
+    std::chrono::steady_clock::time_point last = std::chrono::steady_clock::now();
+    double last_communication = 0, last_cpu = process_cpu_ms();
+    void on_batch_end(igrad::TrainerState&, const igrad::StepResult&) {
+      const auto now = std::chrono::steady_clock::now();
+      const double cpu = process_cpu_ms();
+      step_ms.push_back(std::chrono::duration<double, std::milli>(now - last).count());
+      communication_ms.push_back(1e3 * (parallel->communication_seconds() - last_communication));
+      cpu_ms.push_back(cpu - last_cpu);
+      last = now;
+      last_cpu = cpu;
+      last_communication = parallel->communication_seconds();
+    }
+  } timer{&parallel};
+  const int warm_up = 2;
+  std::vector<torch::data::Example<>> batches(static_cast<std::size_t>(warm_up + steps), {x, t});
+  timer.last = std::chrono::steady_clock::now();
+  timer.last_cpu = process_cpu_ms();
+  trainer.fit(batches, 1, parallel, timer);
+  const std::vector<double> step(timer.step_ms.begin() + warm_up, timer.step_ms.end());
+  const std::vector<double> communication(timer.communication_ms.begin() + warm_up,
+                                          timer.communication_ms.end());
+  const std::vector<double> cpu(timer.cpu_ms.begin() + warm_up, timer.cpu_ms.end());
+  std::printf("%f %f %f\n", median(step), median(communication), median(cpu));
+  return 0;
+}
+
+/// Medians of one scaling run, in ms: rank 0's step and communication, the busiest rank's CPU.
+struct ScalingFigures {
+  double step = -1, communication = -1, cpu = -1;
+};
+
+/// Runs `processes` ranks of `--child-scaling` (a world of one without launcher variables).
+ScalingFigures scaling_run(const std::string& self, const std::string& model,
+                                      int steps, int processes) {
+  const int port = free_port();
+  std::vector<std::FILE*> pipes;
+  for (int rank = 0; rank < processes; ++rank) {
+    const std::string env =
+        processes == 1 ? std::string("env -u RANK -u WORLD_SIZE")
+                       : fmt::format("env RANK={} LOCAL_RANK={} WORLD_SIZE={} MASTER_ADDR=127.0.0.1 "
+                                     "MASTER_PORT={}",
+                                     rank, rank, processes, port);
+    pipes.push_back(::popen(
+        fmt::format("{} '{}' --child-scaling {} --steps {}", env, self, model, steps).c_str(), "r"));
+  }
+  ScalingFigures figures;
+  bool failed = false;
+  for (int rank = 0; rank < processes; ++rank) {
+    double s = -1, c = -1, u = -1;
+    if (pipes[rank] && std::fscanf(pipes[rank], "%lf %lf %lf", &s, &c, &u) != 3) s = c = u = -1;
+    if (pipes[rank]) ::pclose(pipes[rank]);
+    if (rank == 0) figures.step = s, figures.communication = c;
+    failed = failed || u < 0;
+    figures.cpu = std::max(figures.cpu, u);
+  }
+  if (failed) figures.cpu = -1;
+  return figures;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -101,16 +209,48 @@ int main(int argc, char** argv) {
   std::vector<std::string> models{"small_cnn", "resnet18"};
   int steps = 15;
   std::string device_name = "cpu";
-  std::string child_model, child_kind;
+  std::string child_model, child_kind, child_scaling;
+  int processes = 0;
   app.add_option("--threads", threads, "thread counts to measure")->delimiter(',');
   app.add_option("--models", models, "small_cnn, resnet18")->delimiter(',');
   app.add_option("--steps", steps, "timed steps of each kind")->check(CLI::Range(3, 1000));
   app.add_option("--device", device_name, "cpu, or cuda when torch::cuda::is_available()")
       ->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--processes", processes,
+                 "measure data-parallel scaling over this many processes × 1 thread instead")
+      ->check(CLI::Range(2, 64));
   app.add_option("--child-memory", child_model)->group("");
+  app.add_option("--child-scaling", child_scaling)->group("");
   app.add_option("--child-kind", child_kind)->group("");
   CLI11_PARSE(app, argc, argv);
   if (!child_model.empty()) return measure_memory(child_model, child_kind == "regularised", threads.at(0));
+  if (!child_scaling.empty()) return measure_scaling(child_scaling, steps);
+  if (processes > 0) {
+    fmt::print("# igrad {} / LibTorch {}: regularised step, 1 process x 1 thread vs {} processes "
+               "x 1 thread (Gloo on 127.0.0.1) at the same global batch, medians of {} steps\n",
+               igrad::version_string, TORCH_VERSION, processes, steps);
+    for (const auto& name : models) {
+      const auto one = scaling_run(argv[0], name, steps, 1);
+      const auto many = scaling_run(argv[0], name, steps, processes);
+      if (one.step <= 0 || many.step <= 0 || one.cpu <= 0 || many.cpu <= 0) {
+        fmt::print(stderr, "{}: a child process failed\n", name);
+        return 1;
+      }
+      const auto global_batch = make_workload(name).x.size(0);
+      fmt::print("processes {} global batch {}: 1 rank {:.1f} ms/step, {} ranks {:.1f} ms/step, "
+                 "throughput ratio {:.2f}, communication {:.1f} ms ({:.0f}% of the step); CPU "
+                 "time per step: 1 rank {:.1f} ms, busiest of {} ranks {:.1f} ms\n",
+                 name, global_batch, one.step, processes, many.step, one.step / many.step,
+                 many.communication, 100 * many.communication / many.step, one.cpu, processes,
+                 many.cpu);
+      fmt::print("scaling {} {:.2f}\n", name, one.step / many.step / processes);
+      // On a machine busy with other work the wall times measure the scheduler: the CPU time of
+      // the busiest rank is what the step would take on cores of its own.
+      fmt::print("scaling-cpu {} {:.2f}\n", name, one.cpu / many.cpu / processes);
+      std::fflush(stdout);  // a run of minutes: show each model's figures as they come
+    }
+    return 0;
+  }
   if (device_name == "cuda" && !torch::cuda::is_available()) {
     fmt::print(stderr, "--device cuda: torch::cuda::is_available() is false in this build\n");
     return 2;

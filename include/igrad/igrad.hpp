@@ -19,6 +19,7 @@
 #include <igrad/callbacks/progress_bar.hpp>
 #include <igrad/cam.hpp>
 #include <igrad/data.hpp>
+#include <igrad/distributed.hpp>
 #include <igrad/errors/error_functions.hpp>
 #include <igrad/exceptions.hpp>
 #include <igrad/metrics.hpp>
