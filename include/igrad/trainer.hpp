@@ -24,6 +24,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <ranges>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -266,6 +267,9 @@ class Trainer : public TrainerControl {
     state.global_step = steps_;
     state.epoch = first_epoch_;  // > 0 when continuing: callbacks such as CsvLogger then append
     state.trainer = this;
+    // A sized range of batches tells its length before the first epoch (progress totals).
+    if constexpr (std::ranges::sized_range<decltype(detail::batches(loader))>)
+      state.batches_per_epoch = static_cast<int64_t>(std::ranges::size(detail::batches(loader)));
     TrainingModeGuard mode(model_, true);
     std::vector<EpochLog> logs;
     // Validation first: nothing below trains before every callback accepted its settings.

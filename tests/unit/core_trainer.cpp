@@ -342,7 +342,13 @@ TEST_CASE("trainer: fit over a LibTorch data loader with CSV log, progress bar, 
   char buffer[4096] = {};
   const auto read = std::fread(buffer, 1, sizeof buffer - 1, progress);
   std::fclose(progress);
-  CHECK(std::string(buffer, read).find("epoch 3/3: L=") != std::string::npos);
+  const std::string printed(buffer, read);
+  CHECK(printed.find("epoch 3/3: L=") != std::string::npos);
+  // Each summary but the last gives the time the run still needs; the last the total.
+  const auto first_line = printed.substr(0, printed.find('\n'));
+  CHECK(first_line.find("epoch 1/3") != std::string::npos);
+  CHECK(first_line.find(", ETA ") != std::string::npos);
+  CHECK(printed.find(" in all)") > printed.find("epoch 3/3"));
 
   // Early stopping on a metric that stops improving after the first epoch.
   struct FakeValidation {
@@ -710,4 +716,26 @@ TEST_CASE("trainer: a resumed CSV log keeps its metric columns") {
     CHECK(row.substr(row.rfind(',') + 1) == std::to_string(10 + epoch));
     CHECK(std::count(row.begin(), row.end(), ',') == 6);
   }
+}
+
+TEST_CASE("trainer: over a sized range of batches the progress line knows the epoch's total from the start") {
+  torch::manual_seed(4);
+  TinyConv model;
+  torch::optim::SGD optimizer(model->parameters(), 1e-2);
+  igrad::Trainer<> trainer(model, optimizer, igrad::TrainerOptions().lambda(0.1));
+  std::vector<torch::data::Example<>> batches;
+  for (int i = 0; i < 3; ++i)
+    batches.push_back({torch::randn({4, 1, 6, 6}), torch::randint(0, 3, {4}, torch::kLong)});
+  std::FILE* progress = std::tmpfile();
+  trainer.fit(batches, 1, igrad::ProgressBar(progress).interactive(true));
+  std::rewind(progress);
+  char buffer[4096] = {};
+  const auto read = std::fread(buffer, 1, sizeof buffer - 1, progress);
+  std::fclose(progress);
+  // The first redraw, after batch 1, already shows "1/3" and a bar (0.1.0 learnt the total only
+  // at the end of the first epoch and showed "1").
+  const std::string printed(buffer, read);
+  CHECK(printed.find("] 1/3 L=") != std::string::npos);
+  CHECK(igrad::ProgressBar::duration(59.6) == "1 min 00 s");
+  CHECK(igrad::ProgressBar::duration(7385) == "2 h 03 min");
 }

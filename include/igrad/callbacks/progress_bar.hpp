@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <optional>
 #include <cstdio>
 #include <string>
 #include <unistd.h>
@@ -19,8 +20,12 @@ namespace igrad {
 
 /// @brief Shows epoch, batch, running losses, accuracy and the time left.
 ///
-/// On a terminal (`isatty`) the line is redrawn in place every few batches; otherwise only the
-/// epoch summaries are printed, so logs stay readable.
+/// On a terminal (`isatty`) the line is redrawn in place every few batches, with the batches
+/// done out of the epoch's total and the epoch's time left; otherwise only the epoch summaries
+/// are printed, so logs stay readable. Each summary ends with the time the run still needs (the
+/// mean epoch time of this `fit` times the epochs left), and the last one with the total.
+/// The epoch's total is known from the start when the loader is a sized range (or given to the
+/// constructor); over a LibTorch data loader it is learnt in the first epoch.
 class ProgressBar {
  public:
   /// @brief A bar on `stream` (stderr by default); `batches_per_epoch` sizes the first epoch's
@@ -32,6 +37,12 @@ class ProgressBar {
   ProgressBar& interactive(bool on) {
     tty_ = on;
     return *this;
+  }
+
+  /// @brief Starts the run's clock.
+  void on_train_begin(TrainerState&) {
+    epochs_run_ = 0;
+    epoch_seconds_ = 0;
   }
 
   /// @brief Resets the running means.
@@ -59,17 +70,31 @@ class ProgressBar {
     std::fflush(stream_);
   }
 
-  /// @brief Prints the epoch summary.
+  /// @brief Prints the epoch summary, with the time the run still needs.
   void on_epoch_end(TrainerState& state, EpochLog& log) {
     std::string extra;
     for (const auto& [name, value] : log.metrics) extra += fmt::format(" {}={:.4g}", name, value);
-    std::fputs(fmt::format("{}epoch {}/{}: L={:.4f} L_C={:.4f} L_R={:.4f} acc={:.2f}% ({:.1f} s){}{}\n",
+    ++epochs_run_;
+    epoch_seconds_ += log.seconds;
+    const int64_t left = state.epochs - (state.epoch + 1);
+    const std::string timing =
+        left > 0 ? fmt::format(", ETA {}", duration(epoch_seconds_ / epochs_run_ * left))
+                 : fmt::format(", {} in all", duration(epoch_seconds_));
+    std::fputs(fmt::format("{}epoch {}/{}: L={:.4f} L_C={:.4f} L_R={:.4f} acc={:.2f}% ({:.1f} s{}){}\n",
                            tty_ ? "\r\x1b[K" : "", state.epoch + 1, state.epochs, log.loss,
                            log.classification_loss, log.regulariser_loss, 100 * log.accuracy,
-                           log.seconds, extra, "")
+                           log.seconds, timing, extra)
                    .c_str(),
                stream_);
     std::fflush(stream_);
+  }
+
+  /// @brief `seconds` as "42 s", "3 min 05 s" or "2 h 07 min".
+  static std::string duration(double seconds) {
+    const auto whole = static_cast<int64_t>(seconds + 0.5);
+    if (whole < 60) return fmt::format("{} s", whole);
+    if (whole < 3600) return fmt::format("{} min {:02} s", whole / 60, whole % 60);
+    return fmt::format("{} h {:02} min", whole / 3600, (whole % 3600) / 60);
   }
 
  private:
@@ -83,7 +108,8 @@ class ProgressBar {
       bar = fmt::format("[{}{}] ", std::string(std::min(filled, width), '#'),
                         std::string(width - std::min(filled, width), '.'));
       if (state.batch > 0)
-        eta = fmt::format(" ETA {:.0f} s", elapsed / state.batch * (*total_ - state.batch));
+        eta = fmt::format(" ETA {}", duration(elapsed / static_cast<double>(state.batch) *
+                                               static_cast<double>(*total_ - state.batch)));
     }
     return fmt::format("epoch {}/{} {}{}{} L={:.4f} L_C={:.4f} L_R={:.4f} acc={:.1f}%{}",
                        state.epoch + 1, state.epochs, bar, state.batch,
@@ -96,6 +122,8 @@ class ProgressBar {
   bool tty_;
   std::chrono::steady_clock::time_point start_{}, last_draw_{};
   double sum_l_ = 0, sum_lc_ = 0, sum_lr_ = 0, sum_acc_ = 0, seen_ = 0;
+  int64_t epochs_run_ = 0;
+  double epoch_seconds_ = 0;
 };
 
 /// @}
