@@ -347,6 +347,47 @@ TEST_CASE("cam: Guided Grad-CAM is the upsampled Grad-CAM times the guided gradi
   CHECK(max_abs_diff(raw, (grad_cam.unsqueeze(1) * guided).abs().amax(1)) < 1e-12);
 }
 
+TEST_CASE("cam: captum's Guided Grad-CAM convention is the raw signed Grad-CAM, nearest-upsampled, times guided backprop") {
+  torch::manual_seed(21);
+  GapNet net;
+  net->to(torch::kDouble);
+  const auto x = torch::randn({2, 1, 9, 9}, torch::kDouble);  // features 4x4: 9/4 is not whole
+  const auto t = torch::tensor({2, 0}, torch::kLong);
+  // Grad-CAM's raw map, signed: α_k = mean_ij ∂y^c/∂A^k_ij, Σ_k α_k A^k.
+  const auto a = net->features(x).detach().requires_grad_(true);
+  const auto logits = net->head(a);
+  const auto score = logits.gather(1, t.view({2, 1})).sum();
+  const auto g = torch::autograd::grad({score}, {a})[0];
+  const auto raw = (g.mean({2, 3}, true) * a.detach()).sum(1);  // [2, 4, 4]
+  // Nearest neighbour as PyTorch's F.interpolate: output pixel i reads input pixel floor(i·4/9).
+  auto up = torch::zeros({2, 9, 9}, torch::kDouble);
+  for (int64_t n = 0; n < 2; ++n)
+    for (int64_t i = 0; i < 9; ++i)
+      for (int64_t j = 0; j < 9; ++j) up[n][i][j] = raw[n][i * 4 / 9][j * 4 / 9];
+  // Guided backprop written out: a hook clamps the gradient reaching the ReLU's output at 0,
+  // and the ReLU's own backward applies 1[u > 0].
+  const auto input = x.clone().requires_grad_(true);
+  auto rectified = torch::relu(net->conv(input));
+  rectified.register_hook([](torch::Tensor grad) { return grad.clamp_min(0); });
+  const auto guided_logits = net->fc(torch::max_pool2d(rectified, 2).mean({2, 3}));
+  const auto guided =
+      torch::autograd::grad({guided_logits.gather(1, t.view({2, 1})).sum()}, {input})[0];
+  const auto expected = guided * up.unsqueeze(1);
+
+  const auto captum = igrad::CamOptions().guided_grad_cam_convention(
+      igrad::GuidedGradCamConvention::captum);
+  const auto attributions = igrad::guided_grad_cam_attributions(net, x, t, captum);
+  CHECK(attributions.sizes() == torch::IntArrayRef({2, 1, 9, 9}));
+  CHECK(max_abs_diff(attributions, expected) < 1e-12);
+  CHECK(attributions.lt(0).any().item<bool>() == expected.lt(0).any().item<bool>());  // signed
+  CHECK(max_abs_diff(igrad::explain_raw<igrad::GuidedGradCam>(net, x, t, captum),
+                     expected.abs().amax(1)) < 1e-12);
+  // igrad's own convention: the post-processed map, upsampled bilinearly.
+  const auto igrad_attributions = igrad::guided_grad_cam_attributions(net, x, t);
+  CHECK(max_abs_diff(igrad_attributions,
+                     igrad::explain<igrad::GradCam>(net, x, t).unsqueeze(1) * guided) < 1e-12);
+}
+
 TEST_CASE("cam: post-processing is ReLU, min-max, bilinear upsampling, min-max, zero stays zero") {
   const auto raw = torch::tensor({{{-1.0, 1.0}, {3.0, 5.0}}, {{0.0, 0.0}, {0.0, 0.0}}}, torch::kDouble);
   const auto maps = igrad::normalize_cam(raw, 4, 4);

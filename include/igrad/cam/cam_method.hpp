@@ -49,6 +49,17 @@ enum class ScoreCamConvention {
   pytorch_grad_cam,
 };
 
+/// @brief Which Guided Grad-CAM convention to compute.
+enum class GuidedGradCamConvention {
+  /// SPEC §4: the post-processed Grad-CAM map (ReLU, min–max) upsampled bilinearly
+  /// (`align_corners = false`) times the guided-backprop gradient.
+  igrad,
+  /// captum's `GuidedGradCam`: the raw, signed Grad-CAM map `Σ_k α_k A^k` (no ReLU, no scaling)
+  /// upsampled to the input size by nearest neighbour (`F.interpolate`'s default `nearest`),
+  /// times the guided-backprop gradient.
+  captum,
+};
+
 /// @brief Hyper-parameters of the CAM methods, with chained setters:
 /// `CamOptions().batch_size(64).seed(3)`. Each method reads the fields it needs.
 struct CamOptions {
@@ -62,6 +73,9 @@ struct CamOptions {
   TORCH_ARG(CamScore, score) = CamScore::probability;
   /// Score-CAM convention (SPEC §4); the other methods ignore it.
   TORCH_ARG(ScoreCamConvention, score_cam_convention) = ScoreCamConvention::igrad;
+  /// Guided Grad-CAM convention (`GuidedGradCam`, `guided_grad_cam_attributions`); the other
+  /// methods ignore it.
+  TORCH_ARG(GuidedGradCamConvention, guided_grad_cam_convention) = GuidedGradCamConvention::igrad;
   /// Seed of the noise of SmoothGrad-CAM++ and SS-CAM when no `generator` is given. The global
   /// RNG is never used, so results do not depend on what ran before.
   TORCH_ARG(uint64_t, seed) = 0;

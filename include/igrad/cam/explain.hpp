@@ -68,6 +68,32 @@ torch::Tensor explain_raw(const AnyModel& model, const torch::Tensor& x,
   });
 }
 
+/// @brief The input-shaped Guided Grad-CAM attributions `[N, C, H, W]` (signed, not
+/// post-processed), on the input's device and dtype: the Grad-CAM factor times the
+/// guided-backprop gradient, in the convention `CamOptions::guided_grad_cam_convention` names.
+///
+/// With `GuidedGradCamConvention::captum` these are captum's `GuidedGradCam.attribute` numbers
+/// (layer = the model's feature map, target = the class logit). Same arguments, guarantees and
+/// errors as `explain_raw<GuidedGradCam>`.
+inline torch::Tensor guided_grad_cam_attributions(const AnyModel& model, const torch::Tensor& x,
+                                                  const torch::Tensor& targets = {},
+                                                  const CamOptions& options = {}) {
+  detail::require<GraphError>(model.has_feature_split(),
+                              "{} needs a model with a features/head split; expected "
+                              "features(x) and head(a) (see igrad::FeatureClassifier)",
+                              GuidedGradCam::name);
+  detail::require(options.batch_size() > 0, "CamOptions::batch_size is {}; expected at least 1",
+                  options.batch_size());
+  TrainingModeGuard evaluation(model, false);
+  return detail::translate_torch_errors(GuidedGradCam::name, "CamOptions::batch_size", [&] {
+    const auto batch = detail::prepare_batch(model, x, targets, /*require_image=*/true,
+                                             GuidedGradCam::name, /*feature_map=*/true,
+                                             options.batch_size());
+    const CamRequest request{model, batch.input, batch.targets, options, batch.activations};
+    return detail::guided_grad_cam_product(request).to(x.device(), x.scalar_type());
+  });
+}
+
 /// @brief Saliency maps of method `C` for a batch: `[N, H, W]` in [0, 1] on the input's device
 /// and dtype, post-processed as SPEC §4 (see `normalize_cam`).
 ///
