@@ -45,8 +45,12 @@ function(igrad_bootstrap_debian_packages)
     _igrad_need(libtorch-dev "LibTorch, for every part of igrad (no TorchConfig.cmake found; set Torch_DIR to use your own)")
   endif()
   # Debian's libtorch-dev ships c10d's Gloo backend without Gloo's headers, which
-  # ProcessGroupGloo.hpp includes; a LibTorch of one's own (Torch_DIR) ships them.
-  if(NOT DEFINED Torch_DIR AND NOT DEFINED ENV{Torch_DIR})
+  # ProcessGroupGloo.hpp includes; a LibTorch of one's own (Torch_DIR outside /usr) ships them.
+  set(torch_hint "${Torch_DIR}")
+  if(NOT torch_hint)
+    set(torch_hint "$ENV{Torch_DIR}")
+  endif()
+  if(NOT torch_hint OR torch_hint MATCHES "^/usr/")
     find_path(gloo_header gloo/algorithm.h NO_CACHE)
     if(NOT gloo_header)
       _igrad_need(libgloo-dev "Gloo's headers, for multi-process training (igrad/distributed.hpp)")
