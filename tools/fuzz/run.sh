@@ -17,9 +17,10 @@ targets=("$@")
 build=${IGRAD_FUZZ_BUILD_DIR:-$root/build-fuzz}
 jobs=${IGRAD_FUZZ_PARALLEL:-2}
 
+mkdir -p "$build"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_COMPILER=clang++-14 -DIGRAD_BUILD_FUZZERS=ON -DIGRAD_BUILD_TESTS=OFF \
-  -DIGRAD_BUILD_EXAMPLES=OFF -DIGRAD_BUILD_BENCHMARKS=OFF > "$build.configure.log"
+  -DIGRAD_BUILD_EXAMPLES=OFF -DIGRAD_BUILD_BENCHMARKS=OFF > "$build/configure.log"
 nice cmake --build "$build" -j1 $(printf -- '--target fuzz_%s ' "${targets[@]}")
 
 if [ "${IGRAD_FUZZ_SEEDS:-0}" = 1 ]; then
