@@ -8,3 +8,4 @@
 #include <igrad/data/fashion_mnist.hpp>
 #include <igrad/data/idx.hpp>
 #include <igrad/data/image_dataset.hpp>
+#include <igrad/data/sampler.hpp>
