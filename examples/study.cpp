@@ -177,8 +177,8 @@ igrad::AnyModel train_run(const Config& c, const Data& data, const RunSpec& run,
     trainer.resume_at(info.next_epoch, info.global_step);
     fmt::print("resuming at epoch {} from {}\n", info.next_epoch + 1, checkpoint.string());
   }
-  trainer.fit(loader, c.epochs, igrad::ProgressBar(stderr),
-              igrad::CsvLogger(work / "epochs.csv", work / "steps.csv"), igrad::Checkpoint(checkpoint));
+  trainer.fit_to(loader, c.epochs, igrad::ProgressBar(stderr),
+                 igrad::CsvLogger(work / "epochs.csv", work / "steps.csv"), igrad::Checkpoint(checkpoint));
   model.eval();
   return model;
 }
