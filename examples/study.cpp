@@ -29,6 +29,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -45,6 +46,16 @@ namespace {
 struct Config {
   std::string model = "small_cnn";
   std::string dataset = "fashion-mnist";
+  std::string data_dir;
+  int64_t image_size = 32;
+  int64_t channels = 3;
+  std::string device = "cpu";
+  std::string optimizer = "adam";
+  double momentum = 0.9;
+  double weight_decay = 0;
+  std::string schedule = "none";
+  double warmup_epochs = 0;
+  bool augment = false;
   std::vector<uint64_t> seeds{1, 2, 3};
   std::vector<double> lambdas{0, 7.5e-3, 1e-3, 3e-2, 1e-1, 3e-1};
   std::string grid_error = "cosine";
@@ -54,6 +65,7 @@ struct Config {
   int64_t batch_size = 128;
   double learning_rate = 1e-3;
   int64_t eval_samples = 2000;
+  int64_t test_samples = 0;  // test images for the accuracy (0: all)
   int64_t localisation_samples = 1000;
   std::vector<std::string> methods{"GradCam", "GradCamPlusPlus", "ScoreCam"};
   int64_t resamples = 2000;
@@ -72,15 +84,34 @@ void apply_smoke_settings(Config& c) {
   c.train_samples = 256;
   c.epochs = 1;
   c.batch_size = 64;
-  c.eval_samples = 16;
-  c.localisation_samples = 16;
+  c.eval_samples = 8;
+  c.localisation_samples = 8;
+  c.test_samples = 500;
   c.methods = {"GradCam", "ScoreCam"};
   c.resamples = 200;
 }
 
+std::string base_fingerprint(const Config& c);
+
 /// The fixed settings every run of a study shares, written into each run's summary: a run folder
 /// made with other settings is refused instead of mixed into the report.
 std::string settings_fingerprint(const Config& c) {
+  // The recipe enters only when it is not the default, so that studies begun before these
+  // options existed keep their fingerprint.
+  std::string recipe;
+  if (c.optimizer != "adam" || c.weight_decay != 0)
+    recipe += fmt::format(" optimizer={} momentum={} weight_decay={}", c.optimizer, c.momentum,
+                          c.weight_decay);
+  if (c.schedule != "none" || c.warmup_epochs != 0)
+    recipe += fmt::format(" schedule={} warmup_epochs={}", c.schedule, c.warmup_epochs);
+  if (c.augment) recipe += " augment=crop4+flip";
+  if (c.test_samples > 0) recipe += fmt::format(" test_samples={}", c.test_samples);
+  if (c.dataset.rfind("folder:", 0) == 0)
+    recipe += fmt::format(" image_size={} channels={}", c.image_size, c.channels);
+  return recipe.empty() ? base_fingerprint(c) : base_fingerprint(c) + recipe;
+}
+
+std::string base_fingerprint(const Config& c) {
   return fmt::format("model={} dataset={} train_samples={} epochs={} batch_size={} adam_lr={} "
                      "eval_samples={} localisation_samples={} methods={}",
                      c.model, c.dataset, c.train_samples, c.epochs, c.batch_size, c.learning_rate,
@@ -127,27 +158,84 @@ struct Data {
 
 Data load_data(const Config& c) {
   using namespace igrad::data;
-  if (c.dataset != "fashion-mnist")
-    throw igrad::InvalidArgument(
-        fmt::format("unknown dataset '{}'; expected fashion-mnist", c.dataset));
-  ImageDataset train = FashionMnist(FashionMnistOptions().split(Split::train));
-  ImageDataset test = FashionMnist(FashionMnistOptions().split(Split::test));
-  if (c.train_samples > 0 && c.train_samples < train.count()) train = train.slice(0, c.train_samples);
-  Data d{train, test, std::nullopt};
+  std::optional<ImageDataset> train, test;
+  if (c.dataset.rfind("folder:", 0) == 0) {
+    // The user's images: PATH/train/<class>/* and PATH/test/<class>/*, normalised with
+    // statistics computed from (up to 5000 of) the training images.
+    const fs::path root = c.dataset.substr(7);
+    auto options = ImageFolderOptions().size(c.image_size, c.image_size).channels(c.channels);
+    options.normalization(compute_normalization(ImageFolder(root / "train", options), 5000));
+    train = ImageFolder(root / "train", options).load_all();
+    test = ImageFolder(root / "test", options).load_all();
+  } else if (c.dataset == "fashion-mnist") {
+    auto options = FashionMnistOptions();
+    if (!c.data_dir.empty()) options.directory(c.data_dir);
+    train = FashionMnist(FashionMnistOptions(options).split(Split::train));
+    test = FashionMnist(FashionMnistOptions(options).split(Split::test));
+  } else if (c.dataset == "cifar10" || c.dataset == "cifar100") {
+    if (c.data_dir.empty())
+      throw igrad::InvalidArgument(fmt::format(
+          "--dataset {} needs --data-dir: the folder holding the binary CIFAR files", c.dataset));
+    if (c.dataset == "cifar10") {
+      train = Cifar10(c.data_dir, CifarOptions().split(Split::train));
+      test = Cifar10(c.data_dir, CifarOptions().split(Split::test));
+    } else {
+      train = Cifar100(c.data_dir, CifarOptions().split(Split::train));
+      test = Cifar100(c.data_dir, CifarOptions().split(Split::test));
+    }
+  } else {
+    throw igrad::InvalidArgument(fmt::format(
+        "unknown dataset '{}'; expected fashion-mnist, cifar10, cifar100 or folder:PATH", c.dataset));
+  }
+  if (c.train_samples > 0 && c.train_samples < train->count()) train = train->slice(0, c.train_samples);
+  Data d{*train, *test, std::nullopt};
   // One fixed cluttered set for every run, so that all runs are scored on the same images.
-  d.cluttered.emplace(test, ClutteredOptions().seed(1));
+  if (c.dataset == "fashion-mnist") d.cluttered.emplace(*test, ClutteredOptions().seed(1));
   return d;
 }
 
 igrad::AnyModel make_model(const Config& c, int64_t in_channels, int64_t classes, uint64_t seed) {
   using namespace igrad::models;
   torch::manual_seed(seed);  // the runs of one seed start from the same weights
-  if (c.model == "small_cnn") return SmallCNN(SmallCNNOptions().in_channels(in_channels).classes(classes));
-  if (c.model == "resnet18") return ResNet18(ResNet18Options().in_channels(in_channels).classes(classes));
-  if (c.model == "mobilenet_v2")
-    return MobileNetV2(MobileNetV2Options().in_channels(in_channels).classes(classes));
-  throw igrad::InvalidArgument(
-      fmt::format("unknown model '{}'; expected small_cnn, resnet18 or mobilenet_v2", c.model));
+  igrad::AnyModel model = [&]() -> igrad::AnyModel {
+    if (c.model == "small_cnn") return SmallCNN(SmallCNNOptions().in_channels(in_channels).classes(classes));
+    if (c.model == "resnet18") return ResNet18(ResNet18Options().in_channels(in_channels).classes(classes));
+    if (c.model == "mobilenet_v2")
+      return MobileNetV2(MobileNetV2Options().in_channels(in_channels).classes(classes));
+    throw igrad::InvalidArgument(
+        fmt::format("unknown model '{}'; expected small_cnn, resnet18 or mobilenet_v2", c.model));
+  }();
+  if (c.device != "cpu") {  // parameters and buffers to the device, through the module's state
+    torch::NoGradGuard no_grad;
+    const torch::Device device(c.device);
+    for (auto& p : model.parameters()) p.set_data(p.data().to(device));
+    for (auto& b : model.buffers()) b.set_data(b.to(device));
+  }
+  return model;
+}
+
+/// Adam, or SGD with momentum and weight decay, at the base rate.
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& c, const igrad::AnyModel& model) {
+  if (c.optimizer == "adam")
+    return std::make_unique<torch::optim::Adam>(
+        model.parameters(), torch::optim::AdamOptions(c.learning_rate).weight_decay(c.weight_decay));
+  if (c.optimizer == "sgd")
+    return std::make_unique<torch::optim::SGD>(
+        model.parameters(),
+        torch::optim::SGDOptions(c.learning_rate).momentum(c.momentum).weight_decay(c.weight_decay));
+  throw igrad::InvalidArgument(fmt::format("unknown optimizer '{}'; expected adam or sgd", c.optimizer));
+}
+
+/// Optional linear warm-up, then a constant rate or cosine annealing to 0 at the last step.
+igrad::LrSchedule make_schedule(const Config& c, int64_t steps_per_epoch) {
+  const auto warmup = static_cast<int64_t>(std::llround(c.warmup_epochs * steps_per_epoch));
+  igrad::LrSchedule after;
+  if (c.schedule == "none") after = igrad::constant_lr();
+  else if (c.schedule == "cosine")
+    after = igrad::cosine_annealing(std::max<int64_t>(1, c.epochs * steps_per_epoch - warmup));
+  else
+    throw igrad::InvalidArgument(fmt::format("unknown schedule '{}'; expected none or cosine", c.schedule));
+  return igrad::linear_warmup(warmup, after, warmup > 0 ? 1.0 / static_cast<double>(warmup) : 0.0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -162,23 +250,43 @@ template <class E>
 igrad::AnyModel train_run(const Config& c, const Data& data, const RunSpec& run,
                           const fs::path& work) {
   auto model = make_model(c, data.train.images(0, 1).size(1), data.train.classes(), run.seed);
-  torch::optim::Adam optimizer(model.parameters(), torch::optim::AdamOptions(c.learning_rate));
+  auto optimizer = make_optimizer(c, model);
   // The baseline computes no regulariser at all (λ = 0 and no L_R reporting).
   igrad::Trainer<E, igrad::GuidedReLU> trainer(
-      model, optimizer, igrad::TrainerOptions().lambda(run.lambda).report_regulariser(run.lambda != 0));
-  auto loader = torch::data::make_data_loader<torch::data::samplers::RandomSampler>(
-      igrad::data::ImageDataset(data.train).map(torch::data::transforms::Stack<>()),
-      torch::data::DataLoaderOptions().batch_size(static_cast<size_t>(c.batch_size)));
+      model, *optimizer, igrad::TrainerOptions().lambda(run.lambda).report_regulariser(run.lambda != 0));
+  const auto loader_options =
+      torch::data::DataLoaderOptions().batch_size(static_cast<size_t>(c.batch_size));
+  auto stacked = igrad::data::ImageDataset(data.train).map(torch::data::transforms::Stack<>());
+  // With --augment: random crop (padding 4) and horizontal flip of each batch.
+  auto plain_loader = c.augment ? nullptr
+                                : torch::data::make_data_loader<torch::data::samplers::RandomSampler>(
+                                      stacked, loader_options);
+  auto augmented_loader =
+      c.augment ? torch::data::make_data_loader<torch::data::samplers::RandomSampler>(
+                      igrad::data::ImageDataset(data.train)
+                          .map(igrad::data::RandomCrop(4))
+                          .map(igrad::data::RandomHorizontalFlip())
+                          .map(torch::data::transforms::Stack<>()),
+                      loader_options)
+                : nullptr;
   const fs::path checkpoint = work / "checkpoint.pt";
   torch::manual_seed(run.seed + 1000);  // the shuffling stream of this seed
   // The checkpoint restores the RNG after the loader is built (building it draws from the RNG).
+  // The schedule is a function of (epoch, step), which the checkpoint stores.
   if (fs::exists(checkpoint)) {
-    const auto info = igrad::load_checkpoint(checkpoint, model, optimizer);
+    const auto info = igrad::load_checkpoint(checkpoint, model, *optimizer);
     trainer.resume_at(info.next_epoch, info.global_step);
     fmt::print("resuming at epoch {} from {}\n", info.next_epoch + 1, checkpoint.string());
   }
-  trainer.fit_to(loader, c.epochs, igrad::ProgressBar(stderr),
-                 igrad::CsvLogger(work / "epochs.csv", work / "steps.csv"), igrad::Checkpoint(checkpoint));
+  const int64_t steps_per_epoch = (data.train.count() + c.batch_size - 1) / c.batch_size;
+  auto scheduler = igrad::LearningRateScheduler(make_schedule(c, steps_per_epoch), c.learning_rate);
+  const auto fit = [&](auto& loader) {
+    trainer.fit_to(loader, c.epochs, igrad::ProgressBar(stderr),
+                   igrad::CsvLogger(work / "epochs.csv", work / "steps.csv"), scheduler,
+                   igrad::Checkpoint(checkpoint));
+  };
+  if (c.augment) fit(augmented_loader);
+  else fit(plain_loader);
   model.eval();
   return model;
 }
@@ -214,16 +322,21 @@ void run_one(const Config& c, Data& data, const std::vector<igrad::Explainer>& e
   const auto& test = data.test;
   const int64_t n = std::min(c.eval_samples, test.count());
   igrad::PerImageScores scores;
-  scores.values["accuracy"] = igrad::per_image_correct(*model, test.images(), test.labels());
+  const torch::Device device(c.device);
+  const int64_t n_accuracy = c.test_samples > 0 ? std::min(c.test_samples, test.count()) : test.count();
+  scores.values["accuracy"] = igrad::per_image_correct(
+      *model, test.images(0, n_accuracy).to(device), test.labels().slice(0, 0, n_accuracy));
   const auto options = igrad::PerImageOptions().normalization(test.normalization());
   auto faithfulness = igrad::per_image_scores(
-      *model, explainers, {test.images(0, n), test.labels().slice(0, 0, n)}, options);
+      *model, explainers, {test.images(0, n).to(device), test.labels().slice(0, 0, n).to(device)},
+      options);
   scores.values.merge(faithfulness.values);
   if (data.cluttered && c.localisation_samples > 0) {
     auto& cluttered = *data.cluttered;
     const auto batch = cluttered.batch(0, std::min(c.localisation_samples, cluttered.count()));
-    auto localisation = igrad::per_image_scores(*model, explainers,
-                                                {batch.images, batch.labels, batch.boxes}, options);
+    auto localisation = igrad::per_image_scores(
+        *model, explainers, {batch.images.to(device), batch.labels.to(device), batch.boxes.to(device)},
+        options);
     scores.values.merge(localisation.values);
   }
   times.eval_seconds = seconds_since(clock);
@@ -415,6 +528,19 @@ std::string interval(const igrad::stats::PairedDifference& d, const char* format
                      fmt::format(fmt::runtime(format), d.upper));
 }
 
+/// The optimizer, schedule and augmentation in words.
+std::string recipe_text(const Config& c) {
+  std::string text = c.optimizer == "sgd"
+                         ? fmt::format("SGD (lr {}, momentum {}, weight decay {})", c.learning_rate,
+                                       c.momentum, c.weight_decay)
+                         : fmt::format("Adam (lr {}{})", c.learning_rate,
+                                       c.weight_decay > 0 ? fmt::format(", weight decay {}", c.weight_decay) : "");
+  if (c.warmup_epochs > 0) text += fmt::format(", {} warm-up epoch(s)", c.warmup_epochs);
+  if (c.schedule == "cosine") text += ", cosine annealing";
+  if (c.augment) text += ", random crop (padding 4) and horizontal flip";
+  return text;
+}
+
 void write_lambda_figures(const Config& c, const fs::path& dir,
                           const std::vector<Comparison>& comparisons) {
   const auto grid = error_class_name(c.grid_error);
@@ -499,15 +625,17 @@ void write_report(const Config& c, const fs::path& dir, const std::vector<RunRes
   std::ofstream md(dir / "report.md");
   md << "# Study: does the interpretable-gradient regulariser give better explanations?\n\n";
   md << fmt::format(
-      "{}Model {}, dataset {}, Adam (lr {}), batch {}, {} epoch(s) on {} training images; seeds {}; "
+      "{}Model {}, dataset {}, {}, batch {}, {} epoch(s) on {} training images; seeds {}; "
       "grid error {} at λ ∈ {{{}}}; other error functions {} at the best grid λ. Metrics on the "
       "first {} test images (AD/AI/AG in %, insertion/deletion AUC), the pointing games on the "
-      "first {} cluttered test items, accuracy on the whole test set.\n\n",
+      "first {} cluttered test items, accuracy on {}.\n\n",
       c.smoke ? "**Smoke settings: numbers are not meaningful.** " : "", c.model, c.dataset,
-      c.learning_rate, c.batch_size, c.epochs,
+      recipe_text(c), c.batch_size, c.epochs,
       c.train_samples > 0 ? fmt::format("{}", c.train_samples) : std::string("all"),
       fmt::join(c.seeds, ", "), c.grid_error, fmt::join(c.lambdas, ", "),
-      fmt::join(c.other_errors, ", "), c.eval_samples, c.localisation_samples);
+      fmt::join(c.other_errors, ", "), c.eval_samples, c.localisation_samples,
+      c.test_samples > 0 ? fmt::format("the first {} test images", c.test_samples)
+                         : std::string("the whole test set"));
   md << fmt::format("Command: `{}`\n\n", command);
   md << fmt::format(
       "Progress: {} of {} runs finished ({}); their training and evaluation took {:.1f} h of wall "
@@ -591,7 +719,17 @@ int main(int argc, char** argv) {
   Config c;
   CLI::App app{"igrad study: seeds x lambda grid x error functions, with confidence intervals"};
   app.add_option("--model", c.model, "small_cnn, resnet18 or mobilenet_v2")->capture_default_str();
-  app.add_option("--dataset", c.dataset, "fashion-mnist")->capture_default_str();
+  app.add_option("--dataset", c.dataset, "fashion-mnist, cifar10, cifar100 or folder:PATH (PATH/train/<class>/*, PATH/test/<class>/*)")->capture_default_str();
+  app.add_option("--data-dir", c.data_dir, "dataset folder (CIFAR: required; Fashion-MNIST: Debian's by default)");
+  app.add_option("--image-size", c.image_size, "folder:PATH: images are resized to this square size")->capture_default_str();
+  app.add_option("--channels", c.channels, "folder:PATH: 1 (grey) or 3 (RGB)")->capture_default_str();
+  app.add_option("--device", c.device, "cpu or cuda")->capture_default_str();
+  app.add_option("--optimizer", c.optimizer, "adam or sgd")->capture_default_str();
+  app.add_option("--momentum", c.momentum, "SGD momentum")->capture_default_str();
+  app.add_option("--weight-decay", c.weight_decay, "weight decay of either optimizer")->capture_default_str();
+  app.add_option("--schedule", c.schedule, "learning-rate schedule: none or cosine (to 0 at the last step)")->capture_default_str();
+  app.add_option("--warmup-epochs", c.warmup_epochs, "linear warm-up before the schedule, in epochs")->capture_default_str();
+  app.add_flag("--augment", c.augment, "random crop (padding 4) and horizontal flip of training batches");
   app.add_option("--seeds", c.seeds, "seeds (weights and batch order)")->delimiter(',')->capture_default_str();
   app.add_option("--lambdas", c.lambdas, "λ grid of the grid error function; 0 is the baseline")->delimiter(',')->capture_default_str();
   app.add_option("--grid-error", c.grid_error, "error function of the λ grid")->capture_default_str();
@@ -599,7 +737,8 @@ int main(int argc, char** argv) {
   app.add_option("--train-samples", c.train_samples, "training images (0: all)")->capture_default_str();
   app.add_option("--epochs", c.epochs, "epochs per run")->capture_default_str()->check(CLI::Range(1, 10000));
   app.add_option("--batch-size", c.batch_size, "training batch size")->capture_default_str()->check(CLI::Range(1, 100000));
-  app.add_option("--learning-rate", c.learning_rate, "Adam's learning rate")->capture_default_str();
+  app.add_option("--learning-rate", c.learning_rate, "base learning rate")->capture_default_str();
+  app.add_option("--test-samples", c.test_samples, "test images for the accuracy (0: all)")->capture_default_str();
   app.add_option("--eval-samples", c.eval_samples, "test images for AD/AI/AG/insertion/deletion")->capture_default_str();
   app.add_option("--localisation-samples", c.localisation_samples, "cluttered test items for the pointing games (0: none)")->capture_default_str();
   app.add_option("--methods", c.methods, "CAM methods (class names)")->delimiter(',')->capture_default_str();
@@ -614,6 +753,8 @@ int main(int argc, char** argv) {
 
   try {
     torch::set_num_threads(c.threads);
+    if (c.device != "cpu" && !torch::cuda::is_available())
+      throw igrad::InvalidArgument(fmt::format("--device {}, but LibTorch sees no CUDA device; expected cpu", c.device));
     igrad::detail::require(std::find(c.lambdas.begin(), c.lambdas.end(), 0.0) != c.lambdas.end(),
                            "--lambdas {} lacks 0; expected the baseline λ = 0 in the grid",
                            fmt::join(c.lambdas, ","));

@@ -30,6 +30,9 @@
 #include <igrad/rules/backprop_rules.hpp>
 #include <igrad/rules/input_gradient.hpp>
 #include <igrad/saliency.hpp>
+#include <igrad/schedules.hpp>
+#include <igrad/stats.hpp>
+#include <igrad/study.hpp>
 #include <igrad/trainer.hpp>
 #include <igrad/version.hpp>
 #include <igrad/viz.hpp>

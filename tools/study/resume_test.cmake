@@ -9,7 +9,7 @@ file(REMOVE_RECURSE ${WORK})
 
 function(run_study)
   execute_process(COMMAND ${STUDY} --smoke --threads 1 ${ARGN}
-                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 300)
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 1500)
   if(NOT rc EQUAL 0)
     message(FATAL_ERROR "igrad_study ${ARGN} failed (${rc}):\n${out}\n${err}")
   endif()
