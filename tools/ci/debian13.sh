@@ -6,8 +6,8 @@
 #   tools/ci/debian13.sh            # create or reuse the root, copy the tree in, build and test
 #
 # The root is cached in $IGRAD_DEBIAN13_ROOT (default /var/cache/igrad/debian13-root): created once
-# (~4 min), reused afterwards. The tree (tracked and untracked, not ignored files) is copied to
-# /igrad inside the root; its build folder there is kept between runs, so a rerun is incremental.
+# (~4 min), reused afterwards. The tree (tracked and untracked, not ignored files) is copied afresh
+# to /igrad inside the root and built from scratch, as CI builds a clean clone.
 set -euo pipefail
 
 src=$(cd "$(dirname "$0")/../.." && pwd)
@@ -53,9 +53,10 @@ for fs in proc dev; do
 done
 cp -L /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
 
-# Copy the tree, keeping the previous run's build folder for an incremental build.
+# A fresh copy of the tree: a build folder left by an interrupted run (a half-written
+# precompiled header, say) must not leak into this one.
+rm -rf "$root/igrad"
 mkdir -p "$root/igrad"
-find "$root/igrad" -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
 (cd "$src" && git ls-files -co --exclude-standard -z | tar --null -T - -cf -) | tar -xf - -C "$root/igrad"
 
 echo "Debian 13 lane: $(chroot "$root" sh -c 'g++ --version | head -n 1; cmake --version | head -n 1')"
