@@ -628,7 +628,10 @@ void write_report(const Config& c, const fs::path& dir, const std::vector<RunRes
       "{}Model {}, dataset {}, {}, batch {}, {} epoch(s) on {} training images; seeds {}; "
       "grid error {} at λ ∈ {{{}}}; other error functions {} at the best grid λ. Metrics on the "
       "first {} test images (AD/AI/AG in %, insertion/deletion AUC), the pointing games on the "
-      "first {} cluttered test items, accuracy on {}.\n\n",
+      "first {} cluttered test items, accuracy on {}. Masking is in pixel space (SPEC §5); "
+      "insertion starts from igrad's default blur (`BlurConvention::sampled`: the sampled "
+      "Gaussian, 11 taps, σ 5, replicate padding in pixel space), not RISE's (point-filtered "
+      "kernel, zero padding in normalised space), which gives other insertion values.\n\n",
       c.smoke ? "**Smoke settings: numbers are not meaningful.** " : "", c.model, c.dataset,
       recipe_text(c), c.batch_size, c.epochs,
       c.train_samples > 0 ? fmt::format("{}", c.train_samples) : std::string("all"),
