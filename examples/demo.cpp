@@ -7,7 +7,9 @@
 //  2. A baseline (λ = 0) and a regularised model (chosen λ), same seed and schedule.
 //  3. Test accuracy; AD / AI / AG / insertion / deletion for Grad-CAM, Grad-CAM++ and Score-CAM;
 //     pointing game and energy-based pointing game on cluttered Fashion-MNIST.
-//  4. report.md with tables (the better value in bold), CSV files and PNG figures.
+//  4. report.md with tables: each difference regularised − baseline with its 95 % bootstrap
+//     confidence interval over the test images, and whether it is better, worse or
+//     indistinguishable; CSV files and PNG figures.
 //
 // Every training run checkpoints each epoch; --resume continues stopped runs to the same result.
 #include <igrad/igrad.hpp>
@@ -41,8 +43,9 @@ struct Config {
   std::string error = "cosine";
   std::string device = "cpu";
   std::optional<double> lambda;
-  std::vector<double> sweep_lambdas{0.3, 1.0, 3.0};
-  int64_t sweep_train_samples = 12000;
+  // A log grid that includes the seed paper's best cosine λ (7.5e-3).
+  std::vector<double> sweep_lambdas{1e-3, 7.5e-3, 3e-2, 1e-1, 3e-1};
+  int64_t sweep_train_samples = 8000;
   int64_t sweep_epochs = 1;
   int64_t validation_samples = 5000;
   int64_t sweep_eval_samples = 500;
@@ -50,6 +53,17 @@ struct Config {
   int64_t epochs = 1;
   int64_t batch_size = 128;
   double learning_rate = 1e-3;
+  std::string optimizer = "adam";
+  double momentum = 0.9;
+  double weight_decay = 0;
+  std::string schedule = "none";
+  double warmup_epochs = 0;
+  std::vector<int64_t> milestones;
+  double gamma = 0.1;
+  bool augment = false;
+  int64_t image_size = 32;
+  int64_t channels = 3;
+  int64_t resamples = 2000;
   int64_t eval_samples = 500;
   int64_t localisation_samples = 300;
   std::vector<std::string> methods{"GradCam", "GradCamPlusPlus", "ScoreCam"};
@@ -62,7 +76,7 @@ struct Config {
 
 /// Tiny settings that run the whole pipeline in a couple of minutes (the test suite's check).
 void apply_smoke_settings(Config& c) {
-  c.sweep_lambdas = {1.0};
+  c.sweep_lambdas = {0.1};
   c.sweep_train_samples = 1500;
   c.validation_samples = 500;
   c.sweep_eval_samples = 100;
@@ -70,66 +84,6 @@ void apply_smoke_settings(Config& c) {
   c.epochs = 1;
   c.eval_samples = 32;
   c.localisation_samples = 32;
-}
-
-std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char ch) { return std::tolower(ch); });
-  s.erase(std::remove_if(s.begin(), s.end(), [](char ch) { return ch == '-' || ch == '_' || ch == ' '; }),
-          s.end());
-  // "Grad-CAM++" and "GradCamPlusPlus" name the same method.
-  for (auto at = s.find("++"); at != std::string::npos; at = s.find("++")) s.replace(at, 2, "plusplus");
-  return s;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Runtime names -> compile-time policies
-
-/// Calls `f(hana::type_c<E>)` for the error function named `name` (class name or short alias).
-template <class F>
-void with_error_function(const std::string& name, F&& f) {
-  static const std::map<std::string, std::string> aliases{
-      {"cosine", "cosineerror"},       {"sigmoid", "sigmoidmasking"},
-      {"centeredsigmoid", "centeredsigmoidmasking"}, {"histogram", "histogramintersection"},
-      {"mae", "meanabsoluteerror"},    {"mse", "meansquarederror"}};
-  std::string wanted = lower(name);
-  if (auto it = aliases.find(wanted); it != aliases.end()) wanted = it->second;
-  bool found = false;
-  igrad::for_each_policy(igrad::all_error_functions, [&](auto type) {
-    using E = typename decltype(type)::type;
-    if (!found && lower(E::name) == wanted) {
-      found = true;
-      f(type);
-    }
-  });
-  if (!found)
-    throw igrad::InvalidArgument(fmt::format(
-        "unknown error function '{}'; expected one of cosine, sigmoid, centered-sigmoid, "
-        "histogram, mae, mse (or the class names)", name));
-}
-
-/// The explainer (name + maps function) of each CAM method named on the command line.
-std::vector<igrad::Explainer> explainers_for(const std::vector<std::string>& names,
-                                             const igrad::CamOptions& options) {
-  std::vector<igrad::Explainer> result;
-  for (const auto& name : names) {
-    bool found = false;
-    boost::hana::for_each(igrad::all_cam_methods, [&](auto type) {
-      using C = typename decltype(type)::type;
-      if (found || lower(C::name) != lower(name)) return;
-      found = true;
-      auto explainers = igrad::cam_explainers(boost::hana::make_tuple(type), options);
-      result.push_back(explainers.front());
-    });
-    if (!found) {
-      std::vector<std::string> known;
-      boost::hana::for_each(igrad::all_cam_methods, [&](auto type) {
-        known.emplace_back(decltype(type)::type::name);
-      });
-      throw igrad::InvalidArgument(fmt::format("unknown CAM method '{}'; expected one of {}", name,
-                                               fmt::join(known, ", ")));
-    }
-  }
-  return result;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -143,7 +97,21 @@ struct Data {
 Data load_data(const Config& c) {
   using namespace igrad::data;
   std::optional<ImageDataset> train, test;
-  if (c.dataset == "fashion-mnist") {
+  if (c.dataset.rfind("folder:", 0) == 0) {
+    // The user's images: PATH/train/<class>/* and PATH/test/<class>/*, normalised with
+    // statistics computed from (up to 5000 of) the training images.
+    const fs::path root = c.dataset.substr(7);
+    auto options = ImageFolderOptions().size(c.image_size, c.image_size).channels(c.channels);
+    const ImageFolder plain(root / "train", options);
+    options.normalization(compute_normalization(plain, 5000));
+    train = ImageFolder(root / "train", options).load_all();
+    test = ImageFolder(root / "test", options).load_all();
+    if (train->count() <= c.validation_samples)
+      throw igrad::InvalidArgument(fmt::format(
+          "{} holds {} training images, not more than --validation-samples {}; expected more "
+          "images or a smaller validation split", (root / "train").string(), train->count(),
+          c.validation_samples));
+  } else if (c.dataset == "fashion-mnist") {
     auto options = FashionMnistOptions();
     if (!c.data_dir.empty()) options.directory(c.data_dir);
     train = FashionMnist(FashionMnistOptions(options).split(Split::train));
@@ -161,7 +129,7 @@ Data load_data(const Config& c) {
     }
   } else {
     throw igrad::InvalidArgument(fmt::format(
-        "unknown dataset '{}'; expected fashion-mnist, cifar10 or cifar100", c.dataset));
+        "unknown dataset '{}'; expected fashion-mnist, cifar10, cifar100 or folder:PATH", c.dataset));
   }
   auto split = train_validation_split(*train, c.validation_samples);
   Data d{split.train, split.validation, *test, std::nullopt};
@@ -196,6 +164,48 @@ igrad::AnyModel make_model(const Config& c, int64_t in_channels, int64_t classes
 // ---------------------------------------------------------------------------------------------
 // Training
 
+/// Adam, or SGD with momentum and weight decay (the seed paper's recipe), at the base rate.
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& c, const igrad::AnyModel& model) {
+  if (c.optimizer == "adam")
+    return std::make_unique<torch::optim::Adam>(
+        model.parameters(), torch::optim::AdamOptions(c.learning_rate).weight_decay(c.weight_decay));
+  if (c.optimizer == "sgd")
+    return std::make_unique<torch::optim::SGD>(
+        model.parameters(),
+        torch::optim::SGDOptions(c.learning_rate).momentum(c.momentum).weight_decay(c.weight_decay));
+  throw igrad::InvalidArgument(fmt::format("unknown optimizer '{}'; expected adam or sgd", c.optimizer));
+}
+
+/// The optimizer, schedule and augmentation in words, for the report.
+std::string optimizer_text(const Config& c) {
+  std::string text = c.optimizer == "sgd"
+                         ? fmt::format("SGD (lr {}, momentum {}, weight decay {})", c.learning_rate,
+                                       c.momentum, c.weight_decay)
+                         : fmt::format("Adam (lr {}{})", c.learning_rate,
+                                       c.weight_decay > 0 ? fmt::format(", weight decay {}", c.weight_decay) : "");
+  if (c.warmup_epochs > 0) text += fmt::format(", {} warm-up epoch(s)", c.warmup_epochs);
+  if (c.schedule == "cosine") text += ", cosine annealing";
+  if (c.schedule == "multistep")
+    text += fmt::format(", ×{} at epochs {}", c.gamma, fmt::join(c.milestones, ", "));
+  if (c.augment) text += ", random crop (padding 4) and horizontal flip";
+  return text;
+}
+
+/// The learning-rate schedule: optional linear warm-up, then constant, cosine or multi-step.
+igrad::LrSchedule make_schedule(const Config& c, int64_t steps_per_epoch, int64_t epochs) {
+  const auto warmup = static_cast<int64_t>(std::llround(c.warmup_epochs * steps_per_epoch));
+  igrad::LrSchedule after;
+  if (c.schedule == "none") after = igrad::constant_lr();
+  else if (c.schedule == "cosine")
+    after = igrad::cosine_annealing(std::max<int64_t>(1, epochs * steps_per_epoch - warmup));
+  else if (c.schedule == "multistep") after = igrad::multi_step(c.milestones, c.gamma);
+  else
+    throw igrad::InvalidArgument(fmt::format(
+        "unknown schedule '{}'; expected none, cosine or multistep", c.schedule));
+  // The first warm-up step trains at 1/warmup of the base rate rather than at 0.
+  return igrad::linear_warmup(warmup, after, warmup > 0 ? 1.0 / static_cast<double>(warmup) : 0.0);
+}
+
 struct TrainedModel {
   igrad::AnyModel model;
   double lambda = 0;
@@ -208,17 +218,30 @@ template <class E>
 TrainedModel train(const Config& c, const igrad::data::ImageDataset& data, double lambda,
                    int64_t epochs, const std::string& tag, const fs::path& dir) {
   auto model = make_model(c, data.images(0, 1).size(1), data.classes());
-  torch::optim::Adam optimizer(model.parameters(), torch::optim::AdamOptions(c.learning_rate));
-  igrad::Trainer<E, igrad::GuidedReLU> trainer(model, optimizer,
+  auto optimizer = make_optimizer(c, model);
+  igrad::Trainer<E, igrad::GuidedReLU> trainer(model, *optimizer,
                                                igrad::TrainerOptions().lambda(lambda));
-  auto loader = torch::data::make_data_loader<torch::data::samplers::RandomSampler>(
-      igrad::data::ImageDataset(data).map(torch::data::transforms::Stack<>()),
-      torch::data::DataLoaderOptions().batch_size(static_cast<size_t>(c.batch_size)));
+  const auto loader_options =
+      torch::data::DataLoaderOptions().batch_size(static_cast<size_t>(c.batch_size));
+  auto stacked = igrad::data::ImageDataset(data).map(torch::data::transforms::Stack<>());
+  // Augmented: random crop (padding 4) and horizontal flip of each batch, the seed paper's recipe.
+  auto plain_loader = c.augment ? nullptr
+                                : torch::data::make_data_loader<torch::data::samplers::RandomSampler>(
+                                      stacked, loader_options);
+  auto augmented_loader =
+      c.augment ? torch::data::make_data_loader<torch::data::samplers::RandomSampler>(
+                      igrad::data::ImageDataset(data)
+                          .map(igrad::data::RandomCrop(4))
+                          .map(igrad::data::RandomHorizontalFlip())
+                          .map(torch::data::transforms::Stack<>()),
+                      loader_options)
+                : nullptr;
   const fs::path checkpoint = dir / "checkpoints" / (tag + ".pt");
   torch::manual_seed(c.seed + 1);  // the shuffling stream, the same for every run
   // The checkpoint restores the RNG after the loader is built (building it draws from the RNG).
+  // The schedule is a function of (epoch, step), which the checkpoint stores: nothing else to restore.
   if (c.resume && fs::exists(checkpoint)) {
-    const auto info = igrad::load_checkpoint(checkpoint, model, optimizer);
+    const auto info = igrad::load_checkpoint(checkpoint, model, *optimizer);
     trainer.resume_at(info.next_epoch, info.global_step);
     fmt::print("{}: resuming at epoch {} from {}\n", tag, info.next_epoch + 1, checkpoint.string());
   }
@@ -226,9 +249,17 @@ TrainedModel train(const Config& c, const igrad::data::ImageDataset& data, doubl
   fmt::print("== training {} ({} samples, {} epochs, lambda {}, {} + GuidedReLU)\n", tag,
              data.count(), epochs, lambda, E::name);
   const auto start = std::chrono::steady_clock::now();
-  // fit_to: up to epoch `epochs` in all, so a resumed run trains only the epochs left.
-  trainer.fit_to(loader, epochs, igrad::ProgressBar(stderr),
-              igrad::CsvLogger(result.epochs_csv, result.steps_csv), igrad::Checkpoint(checkpoint));
+  const int64_t steps_per_epoch = (data.count() + c.batch_size - 1) / c.batch_size;
+  auto scheduler =
+      igrad::LearningRateScheduler(make_schedule(c, steps_per_epoch, epochs), c.learning_rate);
+  const auto run = [&](auto& loader) {
+    // fit_to: up to epoch `epochs` in all, so a resumed run trains only the epochs left.
+    trainer.fit_to(loader, epochs, igrad::ProgressBar(stderr),
+                   igrad::CsvLogger(result.epochs_csv, result.steps_csv), scheduler,
+                   igrad::Checkpoint(checkpoint));
+  };
+  if (c.augment) run(augmented_loader);
+  else run(plain_loader);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   model.eval();
   return result;
@@ -254,28 +285,53 @@ struct Evaluation {
   double test_accuracy = 0;
   igrad::MetricsTable faithfulness;
   std::optional<igrad::MetricsTable> localisation;
+  /// Every quantity per image ("accuracy", "Grad-CAM/AD", ...), for the confidence intervals.
+  igrad::PerImageScores per_image;
 };
+
+double mean_of(const std::vector<double>& v) {
+  double sum = 0;
+  for (double x : v) sum += x;
+  return v.empty() ? std::nan("") : sum / static_cast<double>(v.size());
+}
+
+/// The method × metric table of the per-image means.
+igrad::MetricsTable table_of(const igrad::PerImageScores& scores,
+                             const std::vector<igrad::Explainer>& explainers,
+                             const std::vector<std::string>& metrics) {
+  igrad::MetricsTable table(metrics);
+  for (const auto& e : explainers) {
+    std::vector<double> row;
+    for (const auto& metric : metrics) row.push_back(mean_of(scores.values.at(e.name + "/" + metric)));
+    table.add_row(e.name, std::move(row));
+  }
+  return table;
+}
 
 Evaluation evaluate(const Config& c, const TrainedModel& trained, Data& data,
                     const std::vector<igrad::Explainer>& explainers) {
   const torch::Device device(c.device);
   Evaluation e;
-  e.test_accuracy = accuracy(trained.model, data.test.images(), data.test.labels(), device);
+  e.per_image.values["accuracy"] =
+      igrad::per_image_correct(trained.model, data.test.images().to(device), data.test.labels());
+  e.test_accuracy = mean_of(e.per_image.values["accuracy"]);
   const int64_t n = std::min(c.eval_samples, data.test.count());
-  const auto options = igrad::EvaluationOptions()
-                           .batch_size(64)
-                           .normalization(data.test.normalization());
-  e.faithfulness = igrad::evaluate(
+  const auto options = igrad::PerImageOptions().batch_size(64).normalization(data.test.normalization());
+  auto faithfulness = igrad::per_image_scores(
       trained.model, explainers,
       igrad::EvaluationBatch{data.test.images(0, n).to(device), data.test.labels().slice(0, 0, n).to(device)},
       options);
+  e.faithfulness = table_of(faithfulness, explainers, {"AD", "AI", "AG", "Insertion", "Deletion"});
+  e.per_image.values.merge(faithfulness.values);
   if (data.cluttered) {
     const int64_t m = std::min(c.localisation_samples, data.cluttered->count());
     auto batch = data.cluttered->batch(0, m);
-    e.localisation = igrad::evaluate(
+    auto localisation = igrad::per_image_scores(
         trained.model, explainers,
         igrad::EvaluationBatch{batch.images.to(device), batch.labels.to(device), batch.boxes.to(device)},
-        igrad::EvaluationOptions(options).causal(false));
+        options);
+    e.localisation = table_of(localisation, explainers, {"Pointing", "EnergyPointing"});
+    e.per_image.values.merge(localisation.values);
   }
   return e;
 }
@@ -283,40 +339,50 @@ Evaluation evaluate(const Config& c, const TrainedModel& trained, Data& data,
 // ---------------------------------------------------------------------------------------------
 // Report
 
-/// Whether larger is better for a metric column (SPEC §5).
-bool larger_is_better(const std::string& metric) {
-  return metric != "AD" && metric != "Deletion";
-}
-
 struct Row {
   std::string label;
+  std::string key;  // the quantity in Evaluation::per_image
   double baseline, regularised;
   bool larger_better;
+  igrad::stats::PairedDifference difference{};  // regularised − baseline, with its 95 % interval
 };
 
-std::string comparison_table(const std::vector<Row>& rows, int& better, int& worse) {
-  std::string out = "| | baseline (λ = 0) | regularised | better |\n|---|---:|---:|:---:|\n";
+/// Fills each row's difference: paired by test image, bootstrap 95 % interval over the images.
+void add_intervals(const Config& c, std::vector<Row>& rows, const Evaluation& base,
+                   const Evaluation& reg) {
+  for (auto& r : rows)
+    r.difference = igrad::stats::paired_bootstrap(
+        {base.per_image.values.at(r.key)}, {reg.per_image.values.at(r.key)},
+        igrad::stats::BootstrapOptions().resamples(c.resamples).seed(c.seed));
+}
+
+std::string comparison_table(const std::vector<Row>& rows, int& better, int& worse, int& same) {
+  std::string out =
+      "| | baseline (λ = 0) | regularised | difference [95 % CI] | verdict |\n|---|---:|---:|---:|:---:|\n";
   for (const auto& r : rows) {
-    const bool reg_better = r.larger_better ? r.regularised > r.baseline : r.regularised < r.baseline;
-    const bool tie = r.regularised == r.baseline;
+    const auto verdict = r.difference.verdict(r.larger_better);
     const auto cell = [](double v, bool bold) {
       return bold ? fmt::format("**{:.3f}**", v) : fmt::format("{:.3f}", v);
     };
-    out += fmt::format("| {} | {} | {} | {} |\n", r.label, cell(r.baseline, !tie && !reg_better),
-                       cell(r.regularised, !tie && reg_better),
-                       tie ? "=" : (reg_better ? "regularised" : "baseline"));
-    if (!tie) (reg_better ? better : worse)++;
+    out += fmt::format("| {} | {} | {} | {:+.3f} [{:+.3f}, {:+.3f}] | {} |\n", r.label,
+                       cell(r.baseline, verdict == igrad::stats::Verdict::worse),
+                       cell(r.regularised, verdict == igrad::stats::Verdict::better),
+                       r.difference.mean, r.difference.lower, r.difference.upper,
+                       igrad::stats::to_string(verdict));
+    (verdict == igrad::stats::Verdict::better  ? better
+     : verdict == igrad::stats::Verdict::worse ? worse
+                                               : same)++;
   }
   return out;
 }
 
-std::vector<Row> metric_rows(const igrad::MetricsTable& base, const igrad::MetricsTable& reg,
-                             const std::string& suffix = "") {
+std::vector<Row> metric_rows(const igrad::MetricsTable& base, const igrad::MetricsTable& reg) {
   std::vector<Row> rows;
   for (const auto& method : base.methods())
     for (const auto& metric : base.metrics())
-      rows.push_back({fmt::format("{} {}{}", method, metric, suffix), base.at(method, metric),
-                      reg.at(method, metric), larger_is_better(metric)});
+      rows.push_back({fmt::format("{} {}", method, metric), method + "/" + metric,
+                      base.at(method, metric), reg.at(method, metric),
+                      igrad::larger_is_better(metric)});
   return rows;
 }
 
@@ -379,7 +445,7 @@ void write_explanation_figure(const Config& c, const fs::path& dir, const Data& 
   add("grad R", igrad::explain<igrad::Gradient>(reg.model, images, targets));
   add("guided B", igrad::explain<igrad::GuidedBackprop>(base.model, images, targets));
   add("guided R", igrad::explain<igrad::GuidedBackprop>(reg.model, images, targets));
-  for (const auto& e : explainers_for(c.methods, igrad::CamOptions().batch_size(256))) {
+  for (const auto& e : igrad::cam_explainers_by_name(c.methods, igrad::CamOptions().batch_size(256))) {
     add(e.name + " B", e.maps(base.model, images, targets));
     add(e.name + " R", e.maps(reg.model, images, targets));
   }
@@ -397,7 +463,7 @@ int main(int argc, char** argv) {
   Config c;
   CLI::App app{"igrad demo: train a baseline and a regularised model, explain, measure, report"};
   app.add_option("--model", c.model, "small_cnn, resnet18 or mobilenet_v2")->capture_default_str();
-  app.add_option("--dataset", c.dataset, "fashion-mnist, cifar10 or cifar100")->capture_default_str();
+  app.add_option("--dataset", c.dataset, "fashion-mnist, cifar10, cifar100 or folder:PATH (PATH/train/<class>/*, PATH/test/<class>/*)")->capture_default_str();
   app.add_option("--data-dir", c.data_dir, "dataset folder (CIFAR: required; Fashion-MNIST: Debian's by default)");
   app.add_option("--error", c.error, "error function: cosine, sigmoid, centered-sigmoid, histogram, mae, mse")->capture_default_str();
   app.add_option("--lambda", c.lambda, "use this λ and skip the sweep");
@@ -408,7 +474,18 @@ int main(int argc, char** argv) {
   app.add_option("--train-samples", c.train_samples, "training images for the final runs (0: all)")->capture_default_str();
   app.add_option("--epochs", c.epochs, "epochs of the final runs")->capture_default_str()->check(CLI::Range(1, 10000));
   app.add_option("--batch-size", c.batch_size, "training batch size")->capture_default_str()->check(CLI::Range(1, 100000));
-  app.add_option("--learning-rate", c.learning_rate, "Adam's learning rate")->capture_default_str();
+  app.add_option("--learning-rate", c.learning_rate, "base learning rate")->capture_default_str();
+  app.add_option("--optimizer", c.optimizer, "adam or sgd")->capture_default_str();
+  app.add_option("--momentum", c.momentum, "SGD momentum")->capture_default_str();
+  app.add_option("--weight-decay", c.weight_decay, "weight decay (L2) of either optimizer")->capture_default_str();
+  app.add_option("--schedule", c.schedule, "learning-rate schedule: none, cosine or multistep")->capture_default_str();
+  app.add_option("--warmup-epochs", c.warmup_epochs, "linear warm-up before the schedule, in epochs")->capture_default_str();
+  app.add_option("--milestones", c.milestones, "multistep: epochs where the rate is multiplied by --gamma")->delimiter(',');
+  app.add_option("--gamma", c.gamma, "multistep: the factor at each milestone")->capture_default_str();
+  app.add_flag("--augment", c.augment, "random crop (padding 4) and horizontal flip of training batches");
+  app.add_option("--image-size", c.image_size, "folder:PATH datasets: images are resized to this square size")->capture_default_str();
+  app.add_option("--channels", c.channels, "folder:PATH datasets: 1 (grey) or 3 (RGB)")->capture_default_str();
+  app.add_option("--resamples", c.resamples, "bootstrap resamples of the confidence intervals")->capture_default_str()->check(CLI::Range(1, 1000000));
   app.add_option("--eval-samples", c.eval_samples, "test images for AD/AI/AG/insertion/deletion")->capture_default_str();
   app.add_option("--localisation-samples", c.localisation_samples, "cluttered images for the pointing games")->capture_default_str();
   app.add_option("--methods", c.methods, "CAM methods to evaluate (class names)")->delimiter(',')->capture_default_str();
@@ -432,10 +509,10 @@ int main(int argc, char** argv) {
     Data data = load_data(c);
     fmt::print("data: {} training, {} validation, {} test images\n", data.train.count(),
                data.validation.count(), data.test.count());
-    const auto explainers = explainers_for(c.methods, igrad::CamOptions().batch_size(256));
+    const auto explainers = igrad::cam_explainers_by_name(c.methods, igrad::CamOptions().batch_size(256));
 
     int exit_code = 0;
-    with_error_function(c.error, [&](auto type) {
+    igrad::with_error_function(c.error, [&](auto type) {
       using E = typename decltype(type)::type;
       // 1. λ sweep on the validation split.
       std::string sweep_md;
@@ -448,7 +525,7 @@ int main(int argc, char** argv) {
         const int64_t nv = std::min(c.sweep_eval_samples, data.validation.count());
         const auto val_images = data.validation.images(0, nv).to(device);
         const auto val_labels = data.validation.labels().slice(0, 0, nv).to(device);
-        auto grad_cam = explainers_for({"GradCam"}, {});
+        auto grad_cam = igrad::cam_explainers_by_name({"GradCam"}, {});
         struct SweepRow { double lambda, accuracy, average_drop, regulariser; };
         std::vector<SweepRow> rows;
         for (double l : lambdas) {
@@ -512,31 +589,38 @@ int main(int argc, char** argv) {
       // 4. Figures and report.
       write_training_curves(dir, base, reg);
       write_explanation_figure(c, dir, data, base, reg);
-      std::vector<Row> rows{{"test accuracy (%)", eb.test_accuracy, er.test_accuracy, true}};
+      std::vector<Row> rows{{"test accuracy (%)", "accuracy", eb.test_accuracy, er.test_accuracy, true}};
       for (auto& r : metric_rows(eb.faithfulness, er.faithfulness)) rows.push_back(r);
       std::vector<Row> loc_rows;
       if (eb.localisation) {
         for (const auto& method : eb.localisation->methods())
           for (const std::string metric : {"Pointing", "EnergyPointing"})
-            loc_rows.push_back({fmt::format("{} {}", method, metric), eb.localisation->at(method, metric),
+            loc_rows.push_back({fmt::format("{} {}", method, metric), method + "/" + metric,
+                                eb.localisation->at(method, metric),
                                 er.localisation->at(method, metric), true});
       }
-      int better = 0, worse = 0;
-      const auto main_table = comparison_table(rows, better, worse);
-      const auto loc_table = loc_rows.empty() ? std::string() : comparison_table(loc_rows, better, worse);
+      add_intervals(c, rows, eb, er);
+      add_intervals(c, loc_rows, eb, er);
+      int better = 0, worse = 0, same = 0;
+      const auto main_table = comparison_table(rows, better, worse, same);
+      const auto loc_table = loc_rows.empty() ? std::string() : comparison_table(loc_rows, better, worse, same);
       {
         std::ofstream csv(dir / "comparison.csv");
-        csv << "quantity,baseline,regularised,larger_is_better\n";
-        for (const auto& r : rows) csv << fmt::format("{},{:.9g},{:.9g},{}\n", r.label, r.baseline, r.regularised, r.larger_better);
-        for (const auto& r : loc_rows) csv << fmt::format("{},{:.9g},{:.9g},{}\n", r.label, r.baseline, r.regularised, r.larger_better);
+        csv << "quantity,baseline,regularised,larger_is_better,difference,ci_lower,ci_upper,verdict\n";
+        for (const auto* list : {&rows, &loc_rows})
+          for (const auto& r : *list)
+            csv << fmt::format("{},{:.9g},{:.9g},{},{:.9g},{:.9g},{:.9g},{}\n", r.label, r.baseline,
+                               r.regularised, r.larger_better, r.difference.mean, r.difference.lower,
+                               r.difference.upper,
+                               igrad::stats::to_string(r.difference.verdict(r.larger_better)));
       }
       const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       std::ofstream md(dir / "report.md");
       md << fmt::format("# igrad demo report: interpretable gradients on {}\n\n", c.dataset);
       md << fmt::format(
-          "Model {}, {} + GuidedReLU, Adam (lr {}), batch {}, {} epoch(s) on {} training images, seed {}, "
+          "Model {}, {} + GuidedReLU, {}, batch {}, {} epoch(s) on {} training images, seed {}, "
           "{} thread(s), device {}. Run time {:.0f} s (baseline training {:.0f} s, regularised {:.0f} s).{}\n\n",
-          c.model, E::name, c.learning_rate, c.batch_size, c.epochs, data.train.count(), c.seed, c.threads,
+          c.model, E::name, optimizer_text(c), c.batch_size, c.epochs, data.train.count(), c.seed, c.threads,
           c.device, total, base.seconds, reg.seconds, c.smoke ? " **Smoke settings: numbers are not meaningful.**" : "");
       md << "## How λ was chosen\n\n" << sweep_md << "\n";
       md << fmt::format(
@@ -545,9 +629,13 @@ int main(int argc, char** argv) {
           "masking in pixel space (SPEC §5). Insertion starts from igrad's default blur "
           "(`BlurConvention::sampled`: the sampled Gaussian, 11 taps, σ 5, replicate padding in pixel "
           "space), not RISE's (point-filtered kernel, zero padding in normalised space), which gives "
-          "other insertion values. Lower is better for AD and deletion, higher for the rest; "
-          "the better value is in bold.\n\n",
-          data.test.count(), std::min(c.eval_samples, data.test.count()));
+          "other insertion values. Lower is better for AD and deletion, higher for the rest. "
+          "The difference is regularised − baseline, paired by image, with its 95 % bootstrap "
+          "confidence interval over the test images ({} resamples); a quantity is better or worse "
+          "when the interval excludes 0 on that side (the value is then in bold), else "
+          "indistinguishable. One seed: the interval covers the choice of test images, not the "
+          "training's randomness (the study runner, examples/study.cpp, covers seeds).\n\n",
+          data.test.count(), std::min(c.eval_samples, data.test.count()), c.resamples);
       md << main_table << "\n";
       if (!loc_table.empty())
         md << fmt::format(
@@ -556,12 +644,12 @@ int main(int argc, char** argv) {
                   std::min(c.localisation_samples, data.test.count()))
            << loc_table << "\n";
       md << fmt::format(
-          "## Summary\n\nThe regularised model is better on {} and worse on {} of the {} quantities above "
-          "(ties not counted). {}\n\n",
-          better, worse, rows.size() + loc_rows.size(),
+          "## Summary\n\nOf the {} quantities above, the regularised model is detectably better on "
+          "{}, worse on {}, and indistinguishable from the baseline on {} (95 % intervals). {}\n\n",
+          rows.size() + loc_rows.size(), better, worse, same,
           worse > 0 ? "Where it is worse, the table says so: this run does not support a claim of "
                       "better explanations on those metrics."
-                    : "On this run it is at least as good on every quantity.");
+                    : "On this run it is nowhere detectably worse.");
       md << "## Figures\n\n"
             "![explanations](explanations.png)\n\n"
             "Rows: test images. Columns: the image; the standard gradient of the baseline (B) and of "
@@ -574,7 +662,7 @@ int main(int argc, char** argv) {
       md.close();
       fmt::print("\n{}", main_table);
       if (!loc_table.empty()) fmt::print("\n{}", loc_table);
-      fmt::print("\nregularised better on {}, worse on {}; total {:.0f} s\nreport: {}\n", better, worse,
+      fmt::print("\nregularised better on {}, worse on {}, indistinguishable on {}; total {:.0f} s\nreport: {}\n", better, worse, same,
                  total, (dir / "report.md").string());
       for (const auto& r : rows)
         if (!std::isfinite(r.baseline) || !std::isfinite(r.regularised)) exit_code = 1;
