@@ -60,6 +60,14 @@ struct TrainerOptions {
   TORCH_ARG(bool, report_regulariser) = true;
 };
 
+namespace detail {
+/// `CamMethod` for a complete type. An incomplete one (the default `GradCam` is only declared
+/// here, so that `trainer.hpp` need not include the CAM methods) is checked where the trainer
+/// uses it; a complete type that is not a CAM method is rejected as soon as it is named.
+template <class C>
+concept CamMethodWhenComplete = !requires { sizeof(C); } || CamMethod<C>;
+}  // namespace detail
+
 /// @brief Trains a classifier with the interpretable-gradient loss of Torres Figueroa et al.
 /// (VISAPP 2024): the standard input gradient is pulled toward the gradient under rule `R`.
 ///
@@ -78,7 +86,8 @@ struct TrainerOptions {
 ///   nothing else of C is instantiated, so trainer.hpp includes neither.
 ///
 /// The model and the optimizer must outlive the trainer. Everything runs on the model's device.
-template <ErrorFunction E = CosineError, BackpropRule R = GuidedReLU, class C = GradCam>
+template <ErrorFunction E = CosineError, BackpropRule R = GuidedReLU,
+          detail::CamMethodWhenComplete C = GradCam>
 class Trainer : public TrainerControl {
  public:
   /// The error function type.
