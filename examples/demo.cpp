@@ -214,28 +214,45 @@ struct TrainedModel {
 };
 
 /// Trains one model with error function E and λ; resumes from its checkpoint when asked.
+///
+/// Under a launcher (WORLD_SIZE > 1) every rank trains on its shard of each epoch with
+/// `--batch-size / WORLD_SIZE` images per step, the gradients averaged across ranks
+/// (igrad::distributed::DataParallel); rank 0 alone shows progress and writes logs and checkpoints.
 template <class E>
-TrainedModel train(const Config& c, const igrad::data::ImageDataset& data, double lambda,
-                   int64_t epochs, const std::string& tag, const fs::path& dir) {
+TrainedModel train(const Config& c, const igrad::distributed::ProcessGroup& group,
+                   const igrad::data::ImageDataset& data, double lambda, int64_t epochs,
+                   const std::string& tag, const fs::path& dir) {
+  namespace dist = igrad::distributed;
   auto model = make_model(c, data.images(0, 1).size(1), data.classes());
   auto optimizer = make_optimizer(c, model);
   igrad::Trainer<E, igrad::GuidedReLU> trainer(model, *optimizer,
                                                igrad::TrainerOptions().lambda(lambda));
+  const int64_t per_rank_batch = c.batch_size / group.world_size();
   const auto loader_options =
-      torch::data::DataLoaderOptions().batch_size(static_cast<size_t>(c.batch_size));
+      torch::data::DataLoaderOptions().batch_size(static_cast<size_t>(per_rank_batch));
+  // One process: LibTorch's RandomSampler, as always. Several: each rank's shard of the epoch.
+  std::optional<dist::DistributedSampler> shards;
+  if (group.distributed())
+    shards.emplace(static_cast<std::size_t>(data.count()), group, c.seed + 1);
   auto stacked = igrad::data::ImageDataset(data).map(torch::data::transforms::Stack<>());
   // Augmented: random crop (padding 4) and horizontal flip of each batch, the seed paper's recipe.
-  auto plain_loader = c.augment ? nullptr
-                                : torch::data::make_data_loader<torch::data::samplers::RandomSampler>(
-                                      stacked, loader_options);
+  auto augmented = igrad::data::ImageDataset(data)
+                       .map(igrad::data::RandomCrop(4))
+                       .map(igrad::data::RandomHorizontalFlip())
+                       .map(torch::data::transforms::Stack<>());
+  auto plain_loader = c.augment || shards ? nullptr
+                                          : torch::data::make_data_loader<torch::data::samplers::RandomSampler>(
+                                                stacked, loader_options);
   auto augmented_loader =
-      c.augment ? torch::data::make_data_loader<torch::data::samplers::RandomSampler>(
-                      igrad::data::ImageDataset(data)
-                          .map(igrad::data::RandomCrop(4))
-                          .map(igrad::data::RandomHorizontalFlip())
-                          .map(torch::data::transforms::Stack<>()),
-                      loader_options)
-                : nullptr;
+      c.augment && !shards ? torch::data::make_data_loader<torch::data::samplers::RandomSampler>(
+                                 augmented, loader_options)
+                           : nullptr;
+  auto plain_shard_loader = !c.augment && shards
+                                ? torch::data::make_data_loader(stacked, *shards, loader_options)
+                                : nullptr;
+  auto augmented_shard_loader = c.augment && shards
+                                    ? torch::data::make_data_loader(augmented, *shards, loader_options)
+                                    : nullptr;
   const fs::path checkpoint = dir / "checkpoints" / (tag + ".pt");
   torch::manual_seed(c.seed + 1);  // the shuffling stream, the same for every run
   // The checkpoint restores the RNG after the loader is built (building it draws from the RNG).
@@ -243,13 +260,19 @@ TrainedModel train(const Config& c, const igrad::data::ImageDataset& data, doubl
   if (c.resume && fs::exists(checkpoint)) {
     const auto info = igrad::load_checkpoint(checkpoint, model, *optimizer);
     trainer.resume_at(info.next_epoch, info.global_step);
-    fmt::print("{}: resuming at epoch {} from {}\n", tag, info.next_epoch + 1, checkpoint.string());
+    if (group.is_rank_zero())
+      fmt::print("{}: resuming at epoch {} from {}\n", tag, info.next_epoch + 1, checkpoint.string());
   }
   TrainedModel result{model, lambda, dir / (tag + "_steps.csv"), dir / (tag + "_epochs.csv")};
-  fmt::print("== training {} ({} samples, {} epochs, lambda {}, {} + GuidedReLU)\n", tag,
-             data.count(), epochs, lambda, E::name);
+  if (group.is_rank_zero())
+    fmt::print("== training {} ({} samples, {} epochs, lambda {}, {} + GuidedReLU{})\n", tag,
+               data.count(), epochs, lambda, E::name,
+               group.distributed() ? fmt::format(", {} ranks × batch {}", group.world_size(), per_rank_batch)
+                                   : std::string());
   const auto start = std::chrono::steady_clock::now();
-  const int64_t steps_per_epoch = (data.count() + c.batch_size - 1) / c.batch_size;
+  // A rank's shard has ⌈count / ranks⌉ images (LibTorch pads the last one).
+  const int64_t shard = (data.count() + group.world_size() - 1) / group.world_size();
+  const int64_t steps_per_epoch = (shard + per_rank_batch - 1) / per_rank_batch;
   auto scheduler =
       igrad::LearningRateScheduler(make_schedule(c, steps_per_epoch, epochs), c.learning_rate);
   const auto run = [&](auto& loader) {
@@ -258,7 +281,15 @@ TrainedModel train(const Config& c, const igrad::data::ImageDataset& data, doubl
                    igrad::CsvLogger(result.epochs_csv, result.steps_csv), scheduler,
                    igrad::Checkpoint(checkpoint));
   };
-  if (c.augment) run(augmented_loader);
+  const auto run_sharded = [&](auto& loader) {
+    trainer.fit_to(loader, epochs, dist::DataParallel(group), *shards,
+                   dist::on_rank_zero(group, igrad::ProgressBar(stderr)),
+                   dist::on_rank_zero(group, igrad::CsvLogger(result.epochs_csv, result.steps_csv)),
+                   scheduler, dist::on_rank_zero(group, igrad::Checkpoint(checkpoint)));
+  };
+  if (plain_shard_loader) run_sharded(plain_shard_loader);
+  else if (augmented_shard_loader) run_sharded(augmented_shard_loader);
+  else if (c.augment) run(augmented_loader);
   else run(plain_loader);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   model.eval();
@@ -308,28 +339,54 @@ igrad::MetricsTable table_of(const igrad::PerImageScores& scores,
   return table;
 }
 
-Evaluation evaluate(const Config& c, const TrainedModel& trained, Data& data,
+/// The first `count` items scored per image, each rank scoring its contiguous block and every
+/// rank receiving all the scores in item order (one process: simply all of them).
+template <class Score>
+igrad::PerImageScores sharded_scores(const igrad::distributed::ProcessGroup& group, int64_t count,
+                                     const char* what, Score&& score) {
+  if (count < group.world_size())
+    throw igrad::InvalidArgument(fmt::format(
+        "{} {} images for {} processes; expected at least one image per process", what, count,
+        group.world_size()));
+  const auto [begin, end] = group.shard(count);
+  igrad::PerImageScores local = score(begin, end), all;
+  for (auto& [key, values] : local.values)
+    all.values[key] = igrad::distributed::gather_blocks(group, values, begin, count, key);
+  return all;
+}
+
+Evaluation evaluate(const Config& c, const igrad::distributed::ProcessGroup& group,
+                    const TrainedModel& trained, Data& data,
                     const std::vector<igrad::Explainer>& explainers) {
   const torch::Device device(c.device);
   Evaluation e;
-  e.per_image.values["accuracy"] =
-      igrad::per_image_correct(trained.model, data.test.images().to(device), data.test.labels());
+  e.per_image = sharded_scores(group, data.test.count(), "accuracy on", [&](int64_t b, int64_t end) {
+    igrad::PerImageScores s;
+    s.values["accuracy"] = igrad::per_image_correct(
+        trained.model, data.test.images(b, end).to(device), data.test.labels().slice(0, b, end));
+    return s;
+  });
   e.test_accuracy = mean_of(e.per_image.values["accuracy"]);
   const int64_t n = std::min(c.eval_samples, data.test.count());
   const auto options = igrad::PerImageOptions().batch_size(64).normalization(data.test.normalization());
-  auto faithfulness = igrad::per_image_scores(
-      trained.model, explainers,
-      igrad::EvaluationBatch{data.test.images(0, n).to(device), data.test.labels().slice(0, 0, n).to(device)},
-      options);
+  auto faithfulness = sharded_scores(group, n, "--eval-samples:", [&](int64_t b, int64_t end) {
+    return igrad::per_image_scores(
+        trained.model, explainers,
+        igrad::EvaluationBatch{data.test.images(b, end).to(device),
+                               data.test.labels().slice(0, b, end).to(device)},
+        options);
+  });
   e.faithfulness = table_of(faithfulness, explainers, {"AD", "AI", "AG", "Insertion", "Deletion"});
   e.per_image.values.merge(faithfulness.values);
   if (data.cluttered) {
     const int64_t m = std::min(c.localisation_samples, data.cluttered->count());
-    auto batch = data.cluttered->batch(0, m);
-    auto localisation = igrad::per_image_scores(
-        trained.model, explainers,
-        igrad::EvaluationBatch{batch.images.to(device), batch.labels.to(device), batch.boxes.to(device)},
-        options);
+    auto localisation = sharded_scores(group, m, "--localisation-samples:", [&](int64_t b, int64_t end) {
+      auto batch = data.cluttered->batch(b, end);
+      return igrad::per_image_scores(
+          trained.model, explainers,
+          igrad::EvaluationBatch{batch.images.to(device), batch.labels.to(device), batch.boxes.to(device)},
+          options);
+    });
     e.localisation = table_of(localisation, explainers, {"Pointing", "EnergyPointing"});
     e.per_image.values.merge(localisation.values);
   }
@@ -503,12 +560,22 @@ int main(int argc, char** argv) {
     if (c.device == "cuda" && !torch::cuda::is_available())
       throw igrad::InvalidArgument("--device cuda, but LibTorch sees no CUDA device; expected cpu");
     const torch::Device device(c.device);
+    // A world of one without launcher variables; under torchrun, srun or mpirun, data-parallel
+    // training and sharded evaluation, with rank 0 writing the report (docs/distributed.md).
+    const auto group = igrad::distributed::ProcessGroup::from_environment();
+    const bool writer = group.is_rank_zero();
+    if (c.batch_size % group.world_size() != 0)
+      throw igrad::InvalidArgument(fmt::format(
+          "--batch-size {} cannot be split over {} processes; expected a multiple of WORLD_SIZE",
+          c.batch_size, group.world_size()));
     const fs::path dir = fs::absolute(c.output);
     fs::create_directories(dir);
     const auto start = std::chrono::steady_clock::now();
     Data data = load_data(c);
-    fmt::print("data: {} training, {} validation, {} test images\n", data.train.count(),
-               data.validation.count(), data.test.count());
+    if (writer)
+      fmt::print("data: {} training, {} validation, {} test images{}\n", data.train.count(),
+                 data.validation.count(), data.test.count(),
+                 group.distributed() ? fmt::format("; {} processes", group.world_size()) : "");
     const auto explainers = igrad::cam_explainers_by_name(c.methods, igrad::CamOptions().batch_size(256));
 
     int exit_code = 0;
@@ -529,17 +596,22 @@ int main(int argc, char** argv) {
         struct SweepRow { double lambda, accuracy, average_drop, regulariser; };
         std::vector<SweepRow> rows;
         for (double l : lambdas) {
-          auto t = train<E>(c, sweep_train, l, c.sweep_epochs, fmt::format("sweep_lambda_{}", l), dir);
+          auto t = train<E>(c, group, sweep_train, l, c.sweep_epochs, fmt::format("sweep_lambda_{}", l), dir);
           const double acc = accuracy(t.model, data.validation.images(), data.validation.labels(), device);
           const auto table = igrad::evaluate(
               t.model, grad_cam, igrad::EvaluationBatch{val_images, val_labels},
               igrad::EvaluationOptions().causal(false).progress(false).normalization(data.validation.normalization()));
-          const auto steps = read_steps(t.steps_csv);
+          // Rank 0 wrote the step log; the others take its value.
           double lr_tail = 0;
-          const size_t tail = std::max<size_t>(1, steps.size() / 5);
-          for (size_t i = steps.size() - tail; i < steps.size(); ++i) lr_tail += steps[i][2] / tail;
+          if (writer) {
+            const auto steps = read_steps(t.steps_csv);
+            const size_t tail = std::max<size_t>(1, steps.size() / 5);
+            for (size_t i = steps.size() - std::min(tail, steps.size()); i < steps.size(); ++i)
+              lr_tail += steps[i][2] / static_cast<double>(tail);
+          }
+          lr_tail = group.sum({lr_tail}, "the sweep's final L_R")[0];
           rows.push_back({l, acc, table.at(igrad::GradCam::name, "AD"), lr_tail});
-          fmt::print("sweep: lambda {} -> validation accuracy {:.2f}%, Grad-CAM AD {:.2f}%, L_R {:.4f}\n",
+          if (writer) fmt::print("sweep: lambda {} -> validation accuracy {:.2f}%, Grad-CAM AD {:.2f}%, L_R {:.4f}\n",
                      l, acc, rows.back().average_drop, lr_tail);
         }
         const double reference = rows.front().accuracy;
@@ -560,25 +632,30 @@ int main(int argc, char** argv) {
             "for the Average Drop), each λ trained for {} epoch(s) on {} images: rule — {}. "
             "Chosen: **λ = {}**.\n\n| λ | validation accuracy (%) | Grad-CAM AD (%) | final L_R |\n|---:|---:|---:|---:|\n",
             data.validation.count(), nv, c.sweep_epochs, sweep_train.count(), rule, chosen);
-        std::ofstream csv(dir / "sweep.csv");
-        csv << "lambda,validation_accuracy,gradcam_average_drop,final_regulariser\n";
+        std::ofstream csv;
+        if (writer) {
+          csv.open(dir / "sweep.csv");
+          csv << "lambda,validation_accuracy,gradcam_average_drop,final_regulariser\n";
+        }
         for (const auto& r : rows) {
           sweep_md += fmt::format("| {} | {:.2f} | {:.2f} | {:.4f} |\n", r.lambda, r.accuracy, r.average_drop, r.regulariser);
-          csv << fmt::format("{},{:.6f},{:.6f},{:.6f}\n", r.lambda, r.accuracy, r.average_drop, r.regulariser);
+          if (writer)
+            csv << fmt::format("{},{:.6f},{:.6f},{:.6f}\n", r.lambda, r.accuracy, r.average_drop, r.regulariser);
         }
       } else {
         sweep_md = fmt::format("λ = {} was given on the command line (no sweep).\n", chosen);
       }
 
       // 2. Baseline and regularised models, same seed and schedule.
-      const auto base = train<E>(c, data.train, 0.0, c.epochs, "baseline", dir);
-      const auto reg = train<E>(c, data.train, chosen, c.epochs, "regularised", dir);
+      const auto base = train<E>(c, group, data.train, 0.0, c.epochs, "baseline", dir);
+      const auto reg = train<E>(c, group, data.train, chosen, c.epochs, "regularised", dir);
 
-      // 3. Evaluation.
-      fmt::print("== evaluating the baseline\n");
-      const auto eb = evaluate(c, base, data, explainers);
-      fmt::print("== evaluating the regularised model\n");
-      const auto er = evaluate(c, reg, data, explainers);
+      // 3. Evaluation, each rank scoring its block of the images.
+      if (writer) fmt::print("== evaluating the baseline\n");
+      const auto eb = evaluate(c, group, base, data, explainers);
+      if (writer) fmt::print("== evaluating the regularised model\n");
+      const auto er = evaluate(c, group, reg, data, explainers);
+      if (!writer) return;  // rank 0 writes the files and the report
       eb.faithfulness.write_csv((dir / "metrics_baseline.csv").string());
       er.faithfulness.write_csv((dir / "metrics_regularised.csv").string());
       if (eb.localisation) {
@@ -619,8 +696,11 @@ int main(int argc, char** argv) {
       md << fmt::format("# igrad demo report: interpretable gradients on {}\n\n", c.dataset);
       md << fmt::format(
           "Model {}, {} + GuidedReLU, {}, batch {}, {} epoch(s) on {} training images, seed {}, "
-          "{} thread(s), device {}. Run time {:.0f} s (baseline training {:.0f} s, regularised {:.0f} s).{}\n\n",
+          "{} thread(s){}, device {}. Run time {:.0f} s (baseline training {:.0f} s, regularised {:.0f} s).{}\n\n",
           c.model, E::name, optimizer_text(c), c.batch_size, c.epochs, data.train.count(), c.seed, c.threads,
+          group.distributed() ? fmt::format(" × {} processes (data-parallel: batch {} per process)",
+                                            group.world_size(), c.batch_size / group.world_size())
+                              : std::string(),
           c.device, total, base.seconds, reg.seconds, c.smoke ? " **Smoke settings: numbers are not meaningful.**" : "");
       md << "## How λ was chosen\n\n" << sweep_md << "\n";
       md << fmt::format(

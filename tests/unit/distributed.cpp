@@ -345,6 +345,24 @@ TEST_CASE("distributed worker - sharded evaluation" * doctest::skip()) {
   const auto table = dist::evaluate(group, model, evaluation_explainers(), evaluation_images(),
                                     evaluation_options());
   std::ofstream(worker_scratch() / fmt::format("table_rank{}.csv", group.rank())) << table.to_csv();
+  // Per-image scores of this rank's block, put together on every rank.
+  const auto data = evaluation_images();
+  const int64_t n = data.images.size(0);
+  const auto [begin, end] = group.shard(n);
+  const auto options = igrad::PerImageOptions().batch_size(2).causal(false);
+  const auto images = data.images.slice(0, begin, end), labels = data.labels.slice(0, begin, end);
+  auto local = igrad::per_image_scores(model, evaluation_explainers(), {images, labels}, options);
+  local.values.merge(igrad::per_image_scores(
+                         model, evaluation_explainers(),
+                         {images, labels, data.regions.slice(0, begin, end)}, options)
+                         .values);
+  std::ofstream out(worker_scratch() / fmt::format("per_image_rank{}.txt", group.rank()));
+  for (const auto* metric : {"AD", "Pointing"}) {
+    const auto key = fmt::format("magnitude/{}", metric);
+    for (double v : dist::gather_blocks(group, local.values.at(key), begin, n, key))
+      out << fmt::format("{:.17g} ", v);
+    out << '\n';
+  }
 }
 
 TEST_CASE("distributed worker - a rank quits" * doctest::skip()) {
@@ -476,7 +494,7 @@ TEST_CASE("distributed: with batch norm the ranks hold bit-identical parameters 
   CHECK(logs[0][0] != doctest::Approx(logs[1][0]).epsilon(1e-9));  // the shards differ
 }
 
-TEST_CASE("distributed: sharded evaluation on 2 ranks equals 1 rank on the same images") {
+TEST_CASE("distributed: sharded evaluation on 2 ranks equals 1 rank on the same images, tables and per-image scores") {
   Scratch scratch("evaluation");
   const auto result = launch("distributed worker - sharded evaluation", scratch.path, 2, {0, 1});
   INFO(result.all_logs());
@@ -502,6 +520,38 @@ TEST_CASE("distributed: sharded evaluation on 2 ranks equals 1 rank on the same 
       CHECK(std::stod(value) == doctest::Approx(reference.at("magnitude", metric)).epsilon(1e-12));
     }
   }
+  // The per-image scores each rank gathered, in image order, equal one process's.
+  const auto all = evaluation_images();
+  const auto whole = igrad::PerImageOptions().batch_size(5).causal(false);
+  auto per_image =
+      igrad::per_image_scores(model, evaluation_explainers(), {all.images, all.labels}, whole);
+  per_image.values.merge(
+      igrad::per_image_scores(model, evaluation_explainers(), all, whole).values);
+  for (int r = 0; r < 2; ++r) {
+    CAPTURE(r);
+    std::istringstream lines(read_text(scratch.path / fmt::format("per_image_rank{}.txt", r)));
+    for (const auto* metric : {"AD", "Pointing"}) {
+      CAPTURE(metric);
+      const auto& expected = per_image.values.at(fmt::format("magnitude/{}", metric));
+      REQUIRE(expected.size() == 5);
+      std::string line;
+      REQUIRE(std::getline(lines, line));
+      std::istringstream values(line);
+      for (double e : expected) {
+        double v = 0;
+        REQUIRE(values >> v);
+        CHECK(v == doctest::Approx(e).epsilon(1e-12));
+      }
+    }
+  }
+}
+
+TEST_CASE("distributed: gather_blocks refuses blocks that miss or repeat items") {
+  const dist::ProcessGroup one;  // a world of one
+  CHECK(dist::gather_blocks(one, {1.5, 2.5}, 0, 2, "x") == std::vector<double>{1.5, 2.5});
+  CHECK_THROWS_AS(dist::gather_blocks(one, {1.0, 2.0}, 0, 3, "x"), igrad::InvalidArgument);
+  CHECK_THROWS_WITH_AS(dist::gather_blocks(one, {1.0, 2.0}, 2, 3, "x"),
+                       doctest::Contains("is not inside [0, 3)"), igrad::InvalidArgument);
 }
 
 TEST_CASE("distributed: a rank that exits early makes the other raise a DistributedError in time") {

@@ -4,11 +4,18 @@
 # also checked on the LibTorch generation most users build with. Needs root (chroot, mount).
 #
 #   tools/ci/debian13.sh            # create or reuse the root, copy the tree in, build and test
+#   tools/ci/debian13.sh unit       # the same with the lighter `unit` workflow (.ci/run's lane)
 #
 # The root is cached in $IGRAD_DEBIAN13_ROOT (default /var/cache/igrad/debian13-root): created once
 # (~4 min), reused afterwards. The tree (tracked and untracked, not ignored files) is copied afresh
 # to /igrad inside the root and built from scratch, as CI builds a clean clone.
 set -euo pipefail
+
+workflow=${1:-test}
+case "$workflow" in
+  test | unit | demo) ;;
+  *) echo "tools/ci/debian13.sh: unknown workflow '$workflow'; expected test, unit or demo" >&2; exit 2 ;;
+esac
 
 src=$(cd "$(dirname "$0")/../.." && pwd)
 root=${IGRAD_DEBIAN13_ROOT:-/var/cache/igrad/debian13-root}
@@ -61,4 +68,4 @@ mkdir -p "$root/igrad"
 
 echo "Debian 13 lane: $(chroot "$root" sh -c 'g++ --version | head -n 1; cmake --version | head -n 1')"
 chroot "$root" /usr/bin/env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-  LANG=C.UTF-8 bash -c 'cd /igrad && cmake --workflow --preset test'
+  LANG=C.UTF-8 bash -c "cd /igrad && cmake --workflow --preset $workflow"

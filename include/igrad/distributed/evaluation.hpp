@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace igrad {
@@ -75,6 +76,39 @@ inline MetricsTable evaluate(const ProcessGroup& group, const AnyModel& model,
   MetricsTable empty(metrics);
   for (const auto& e : explainers) empty.add_row(e.name, std::vector<double>(metrics.size(), 0.0));
   return reduce_table(group, empty, 0);
+}
+
+/// @brief Every rank's values for its contiguous block of `total` items, put together in item
+/// order on every rank.
+///
+/// Rank r passes the values of items `[begin, begin + local.size())` (as `ProcessGroup::shard`
+/// gives them); the result holds all `total` values, bit for bit as computed by the rank that
+/// owns each item (one all-reduce of a zero-padded vector: adding zeros is exact). Use it for
+/// per-image scores whose statistics need every image, such as bootstrap intervals. The blocks
+/// must cover `[0, total)` exactly once: a gap or an overlap is an `InvalidArgument` on every
+/// rank. A world of one returns `local` (which must then cover everything).
+inline std::vector<double> gather_blocks(const ProcessGroup& group, const std::vector<double>& local,
+                                         int64_t begin, int64_t total, std::string_view what) {
+  const auto size = static_cast<int64_t>(local.size());
+  igrad::detail::require(total >= 0 && begin >= 0 && begin + size <= total,
+                         "gather_blocks ({}): the block [{}, {}) is not inside [0, {}); expected "
+                         "this rank's part of the items", what, begin, begin + size, total);
+  // Values in the first half, a coverage count per item in the second.
+  std::vector<double> padded(static_cast<std::size_t>(2 * total), 0.0);
+  for (int64_t i = 0; i < size; ++i) {
+    padded[static_cast<std::size_t>(begin + i)] = local[static_cast<std::size_t>(i)];
+    padded[static_cast<std::size_t>(total + begin + i)] = 1.0;
+  }
+  if (group.distributed()) padded = group.sum(std::move(padded), what);
+  for (int64_t i = 0; i < total; ++i) {
+    const double owners = padded[static_cast<std::size_t>(total + i)];
+    igrad::detail::require(owners == 1.0,
+                           "gather_blocks ({}): item {} of {} is held by {} ranks; expected the "
+                           "ranks' blocks to cover every item exactly once", what, i, total,
+                           static_cast<int64_t>(owners));
+  }
+  padded.resize(static_cast<std::size_t>(total));
+  return padded;
 }
 
 /// @}
