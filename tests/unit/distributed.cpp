@@ -539,7 +539,7 @@ TEST_CASE("distributed: sharded evaluation on 2 ranks equals 1 rank on the same 
       std::istringstream values(line);
       for (double e : expected) {
         double v = 0;
-        REQUIRE(values >> v);
+        REQUIRE(static_cast<bool>(values >> v));
         CHECK(v == doctest::Approx(e).epsilon(1e-12));
       }
     }
