@@ -586,6 +586,57 @@ void write_lambda_figures(const Config& c, const fs::path& dir,
   }
 }
 
+/// Side by side, per method, the maps of the first seed's baseline (B) and of its model at the
+/// chosen λ of the grid error (R), on two test images of each of the first four classes:
+/// `maps.png`. Needs both runs' final checkpoints in `work/`; returns whether it was written.
+bool write_maps_figure(const Config& c, const fs::path& dir, const Data& data,
+                       const std::vector<igrad::Explainer>& explainers, std::optional<double> lambda) {
+  if (!lambda || c.seeds.empty()) return false;
+  const auto seed = c.seeds.front();
+  const RunSpec base_spec{"none", 0.0, seed}, reg_spec{error_class_name(c.grid_error), *lambda, seed};
+  const auto base_checkpoint = dir / "work" / base_spec.id(c) / "checkpoint.pt";
+  const auto reg_checkpoint = dir / "work" / reg_spec.id(c) / "checkpoint.pt";
+  if (!fs::exists(dir / "runs" / base_spec.id(c)) || !fs::exists(dir / "runs" / reg_spec.id(c)) ||
+      !fs::exists(base_checkpoint) || !fs::exists(reg_checkpoint))
+    return false;
+  const torch::Device device(c.device);
+  const auto load = [&](const fs::path& checkpoint) {
+    auto model = make_model(c, data.test.images(0, 1).size(1), data.test.classes(), seed);
+    auto optimizer = make_optimizer(c, model);
+    igrad::load_checkpoint(checkpoint, model, *optimizer);
+    model.eval();
+    return model;
+  };
+  const auto base = load(base_checkpoint), reg = load(reg_checkpoint);
+  std::vector<int64_t> picks;
+  const auto labels = data.test.labels();
+  for (int64_t cls = 0; cls < 4; ++cls)
+    for (int64_t i = 0, taken = 0; i < labels.size(0) && taken < 2; ++i)
+      if (labels[i].item<int64_t>() == cls) picks.push_back(i), ++taken;
+  const auto index = torch::tensor(picks);
+  const auto images = data.test.images().index_select(0, index).to(device);
+  const auto targets = labels.index_select(0, index).to(device);
+  std::vector<torch::Tensor> columns;
+  std::vector<std::string> titles;
+  const auto add = [&](const std::string& title, const torch::Tensor& maps) {
+    columns.push_back(maps.detach().cpu());
+    titles.push_back(title);
+  };
+  add("grad B", igrad::explain<igrad::Gradient>(base, images, targets));
+  add("grad R", igrad::explain<igrad::Gradient>(reg, images, targets));
+  add("guided B", igrad::explain<igrad::GuidedBackprop>(base, images, targets));
+  add("guided R", igrad::explain<igrad::GuidedBackprop>(reg, images, targets));
+  for (const auto& e : explainers) {
+    add(e.name + " B", e.maps(base, images, targets));
+    add(e.name + " R", e.maps(reg, images, targets));
+  }
+  const int64_t scale = images.size(2) <= 32 ? 3 : 1;
+  igrad::write_png((dir / "maps.png").string(),
+                   igrad::explanation_grid(images.cpu(), columns,
+                                           igrad::ExplanationGridOptions().scale(scale).padding(4).column_labels(titles)));
+  return true;
+}
+
 void write_report(const Config& c, const fs::path& dir, const std::vector<RunResult>& runs,
                   const std::vector<Comparison>& comparisons, std::optional<double> best_lambda,
                   bool phase1_complete) {
@@ -687,7 +738,15 @@ void write_report(const Config& c, const fs::path& dir, const std::vector<RunRes
     }
     md << "\n";
   }
-  md << "## Figures\n\nEach metric's difference regularised − baseline against log10 λ (cosine "
+  md << "## Figures\n\n";
+  if (fs::exists(dir / "maps.png"))
+    md << fmt::format(
+        "![maps](maps.png)\n\nSeed {}: the baseline (B) and the model trained with the {} error at "
+        "the chosen λ (R), side by side for each method — the standard input gradient, the "
+        "guided-backprop gradient, then each CAM method — on two test images of each of the first "
+        "four classes (rows).\n\n",
+        c.seeds.front(), c.grid_error);
+  md << "Each metric's difference regularised − baseline against log10 λ (cosine "
         "error), per CAM method, with its 95 % interval (light lines): `lambda_<metric>.png`.\n\n";
   for (const auto& entry : fs::directory_iterator(dir))
     if (entry.path().filename().string().rfind("lambda_", 0) == 0 && entry.path().extension() == ".png")
@@ -775,12 +834,14 @@ int main(int argc, char** argv) {
     }
     const auto explainers = igrad::cam_explainers_by_name(c.methods, igrad::CamOptions().batch_size(256));
 
+    Data data = load_data(c);
     std::optional<double> best;
     bool phase1_complete = false;
     const auto report = [&] {
       const auto runs = read_runs(c, dir);
       const auto comparisons = compare(c, runs);
       auto lambda = best ? best : choose_lambda(c, comparisons);
+      write_maps_figure(c, dir, data, explainers, lambda);
       write_report(c, dir, runs, comparisons, lambda, phase1_complete || best.has_value());
     };
     if (std::ifstream in(dir / "best_lambda.txt"); in) {
@@ -793,7 +854,6 @@ int main(int argc, char** argv) {
       return 0;
     }
 
-    Data data = load_data(c);
     fmt::print("data: {} training, {} test images; settings: {}\n", data.train.count(),
                data.test.count(), settings_fingerprint(c));
     int64_t runs_done = 0;
