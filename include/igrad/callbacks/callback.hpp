@@ -83,10 +83,10 @@ struct TrainerState {
   int64_t epoch = 0;                           ///< current epoch (0-based)
   int64_t batch = 0;                           ///< batches done in the current epoch
   int64_t global_step = 0;                     ///< steps done since the trainer was made
-  std::optional<int64_t> batches_per_epoch;    ///< known after the first epoch
+  std::optional<int64_t> batches_per_epoch{};  ///< known after the first epoch
   TrainerControl* trainer = nullptr;           ///< the trainer running the callbacks (λ, optimizer)
   /// Which callback writes each `EpochLog::metrics` key (see `claim_metric`).
-  std::map<std::string, std::string> metric_owners;
+  std::map<std::string, std::string> metric_owners{};
 
   /// @brief The trainer's current λ. Throws `InvalidArgument` outside `fit` (no trainer).
   double lambda() const { return control().lambda(); }

@@ -191,7 +191,8 @@ class ScopedBatchNormDoubleBackward {
 /// gradients: full-size work that changes nothing.
 struct ReluInputGradient : torch::autograd::Function<ReluInputGradient> {
   /// `result` is the ReLU's (detached) output, `dx` LibTorch's first-order result.
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& g,
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx,
+                               [[maybe_unused]] const torch::Tensor& g,
                                const torch::Tensor& result, const torch::Tensor& dx) {
     ctx->save_for_backward({result});
     return dx.detach();
@@ -210,7 +211,8 @@ struct ReluInputGradient : torch::autograd::Function<ReluInputGradient> {
 /// input-sized gradient for the pooled input, materialised and added for nothing.
 struct MaxPoolInputGradient : torch::autograd::Function<MaxPoolInputGradient> {
   /// `indices` are the pool's arg-max positions (flat over H·W), `dx` LibTorch's result.
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& g,
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx,
+                               [[maybe_unused]] const torch::Tensor& g,
                                const torch::Tensor& indices, const torch::Tensor& dx) {
     ctx->save_for_backward({indices});
     return dx.detach();
