@@ -43,7 +43,6 @@ for w in words[1:]:
     if w in ("-o", "-c"): skip = True; continue
     if w.startswith("-O"): w = sys.argv[2]
     if w.startswith("-Werror"): continue
-    if w == "-DIGRAD_CHECK_FORMAT_STRINGS": continue  # igrad's own builds only, not a user's
     out.append(w)
 print(words[0], " ".join(shlex.quote(w) for w in out))
 EOF

@@ -52,30 +52,10 @@ class GraphError : public Error {
 
 namespace detail {
 
-#ifdef IGRAD_CHECK_FORMAT_STRINGS
-/// The format of a `require` message. igrad's own builds (tests, documentation code) define
-/// `IGRAD_CHECK_FORMAT_STRINGS`, which checks every message's format string against its
-/// arguments at compile time.
-template <class... Args>
-using MessageFormat = fmt::format_string<Args...>;
-#else
-/// The format of a `require` message: a plain string view in a user's build. fmt checks a
-/// `format_string` with a consteval parse at each of igrad's ~300 `require` calls, which cost
-/// every translation unit of the umbrella header seconds; igrad's own builds check them (see
-/// above), so a user's build need not repeat it.
-template <class... Args>
-using MessageFormat = fmt::string_view;
-#endif
-
 /// Throws `Exception` with a fmt-formatted message when `condition` is false.
 template <class Exception = InvalidArgument, class... Args>
-void require(bool condition, MessageFormat<Args...> format, Args&&... args) {
-  if (condition) return;
-#ifdef IGRAD_CHECK_FORMAT_STRINGS
-  throw Exception(fmt::format(format, std::forward<Args>(args)...));
-#else
-  throw Exception(fmt::vformat(format, fmt::make_format_args(args...)));
-#endif
+void require(bool condition, fmt::format_string<Args...> format, Args&&... args) {
+  if (!condition) throw Exception(fmt::format(format, std::forward<Args>(args)...));
 }
 
 }  // namespace detail
