@@ -39,11 +39,7 @@ struct RegularisedLoss {
 /// @brief Copies of a model's buffers (batch-norm statistics) taken before a forward pass, put
 /// back unless the transaction is committed: a refused step leaves the model as it was.
 ///
-/// @code
-/// igrad::BufferTransaction transaction(model);
-/// auto l = ...;             // forward passes update running statistics
-/// transaction.commit();     // keep them; without this the destructor restores the copies
-/// @endcode
+/// @snippet doc_snippets.cpp buffer_transaction
 class BufferTransaction {
  public:
   /// @brief Copies every buffer of `model`.
@@ -209,10 +205,7 @@ RegularisedLoss regularised_loss_of_checked(const AnyModel& model, const torch::
 /// `report_regulariser` is false, in which case it is 0 and the two input-gradient passes are
 /// skipped. Throws `InvalidArgument` for bad input or λ < 0 / not finite; the model's buffers
 /// are then as they were.
-/// @code
-/// auto l = igrad::regularised_loss(model, x, y, 7.5e-3, igrad::CosineError{}, igrad::GuidedReLU{});
-/// l.total.backward();
-/// @endcode
+/// @snippet doc_snippets.cpp regularised_loss
 template <ErrorFunction E = CosineError, BackpropRule R = GuidedReLU>
 RegularisedLoss regularised_loss(const AnyModel& model, const torch::Tensor& x,
                                  const torch::Tensor& targets, double lambda,

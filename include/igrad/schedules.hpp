@@ -8,12 +8,9 @@
 /// learning rate. It keeps no state of its own: a run resumed from a checkpoint (which stores the
 /// next epoch and the global step, and which `Trainer::resume_at` hands back to `fit`) gets
 /// exactly the learning rates of the uninterrupted run.
-/// @code
-/// const int64_t steps_per_epoch = 430, epochs = 30;
-/// auto schedule = igrad::linear_warmup(2 * steps_per_epoch,
-///                                      igrad::cosine_annealing(epochs * steps_per_epoch));
-/// trainer.fit(loader, epochs, igrad::LearningRateScheduler(schedule, 0.1));
-/// @endcode
+/// The schedule after a warm-up counts its steps from the warm-up's end, so a cosine that is to
+/// reach its minimum at the end of training spans the steps after the warm-up:
+/// @snippet doc_snippets.cpp learning_rate_schedule
 
 #include <igrad/callbacks/callback.hpp>
 #include <igrad/exceptions.hpp>

@@ -189,9 +189,7 @@ class Trainer : public TrainerControl {
   ///
   /// When `after_backward` throws, the exception propagates and the parameters, buffers and
   /// optimizer state are as they were (the `.grad` hold this step's gradients).
-  /// @code
-  /// trainer.step(x, y, [&] { torch::nn::utils::clip_grad_norm_(model->parameters(), 1.0); });
-  /// @endcode
+  /// @snippet doc_snippets.cpp step_after_backward
   template <std::invocable F>
   StepResult step(const torch::Tensor& x, const torch::Tensor& targets, F&& after_backward) {
     // Training mode for the whole step, never interleaved with other threads' explanations.
@@ -247,11 +245,7 @@ class Trainer : public TrainerControl {
 
   /// @brief Trains up to epoch index `epochs` (exclusive): epochs `next_epoch()` to
   /// `epochs - 1`, none when `next_epoch() >= epochs`. The explicit form of resuming:
-  /// @code
-  /// const auto info = igrad::load_checkpoint(path, model, optimizer);
-  /// trainer.resume_at(info.next_epoch, info.global_step);
-  /// trainer.fit_to(loader, total_epochs, igrad::Checkpoint(path));
-  /// @endcode
+  /// @snippet doc_snippets.cpp resume
   template <class Loader, class... Callbacks>
   std::vector<EpochLog> fit_to(Loader&& loader, int64_t epochs, Callbacks&&... callbacks) {
     detail::require(epochs >= 0, "epochs is {}; expected an epoch index >= 0", epochs);

@@ -7,7 +7,10 @@
 #include <igrad/testing/conformance.hpp>
 
 #include <boost/hana.hpp>
+#include <stb/stb_image_write.h>
 
+#include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <vector>
@@ -219,11 +222,291 @@ TEST_CASE("doc snippets: an ablation over error functions and an explanation mon
   const auto previous_directory = std::filesystem::current_path();
   std::filesystem::current_path(std::filesystem::temp_directory_path());
   auto& loader = batches;
+  const igrad::DatasetNormalization normalization({0.2860}, {0.3530});  // the held-out set's
   //! [explanation_monitor]
-  trainer.fit(loader, 10, igrad::ExplanationMonitor<igrad::ScoreCam>(val_x, val_y),
+  // The normalisation of the held-out images: faithfulness then masks pixels, not normalised
+  // values (0 would be the dataset's mean, not black).
+  trainer.fit(loader, 10,
+              igrad::ExplanationMonitor<igrad::ScoreCam>(val_x, val_y).normalization(normalization),
               igrad::CsvLogger("igrad_doc_snippets_log.csv"));
   //! [explanation_monitor]
   std::filesystem::current_path(previous_directory);
   CHECK(std::filesystem::exists(log_path));
   std::filesystem::remove(log_path);
+}
+
+namespace {
+
+/// One batch of four 16×16 images, as a range `fit` accepts.
+std::vector<torch::data::Example<>> tiny_batches() {
+  torch::manual_seed(9);
+  return {{torch::randn({4, 1, 16, 16}), torch::tensor({0, 1, 2, 3})}};
+}
+
+/// The joint 2-norm of the parameters' gradients.
+double gradient_norm(const torch::nn::Module& model) {
+  double squares = 0;
+  for (const auto& p : model.parameters())
+    if (p.grad().defined()) squares += p.grad().pow(2).sum().item<double>();
+  return std::sqrt(squares);
+}
+
+/// Runs in a fresh temporary directory, back in the previous one afterwards.
+struct ScratchDirectory {
+  explicit ScratchDirectory(const std::string& name)
+      : path(std::filesystem::temp_directory_path() / name), previous(std::filesystem::current_path()) {
+    remove_tree(path);
+    std::filesystem::create_directories(path);
+    std::filesystem::current_path(path);
+  }
+  ~ScratchDirectory() {
+    std::filesystem::current_path(previous);
+    remove_tree(path);
+  }
+  std::filesystem::path path, previous;
+};
+
+}  // namespace
+
+TEST_CASE("doc snippets: a step with clipping, the losses without a trainer, buffer transactions") {
+  auto model = tiny_small_cnn();
+  torch::optim::SGD optimizer(model->parameters(), 0.01);
+  igrad::Trainer<> trainer(model, optimizer, igrad::TrainerOptions().lambda(0.1));
+  const auto batch = tiny_batches().front();
+  const auto& x = batch.data;
+  const auto& y = batch.target;
+  //! [step_after_backward]
+  trainer.step(x, y, [&] { torch::nn::utils::clip_grad_norm_(model->parameters(), 1.0); });
+  //! [step_after_backward]
+  // The gradients the update used were clipped to norm 1 (they stay in .grad after the step).
+  CHECK(gradient_norm(*model) <= doctest::Approx(1.0));
+
+  model->zero_grad();
+  //! [regularised_loss]
+  auto l = igrad::regularised_loss(model, x, y, 7.5e-3, igrad::CosineError{}, igrad::GuidedReLU{});
+  l.total.backward();
+  //! [regularised_loss]
+  CHECK(l.total.item<double>() ==
+        doctest::Approx(l.classification.item<double>() + 7.5e-3 * l.regulariser.item<double>()));
+  CHECK(gradient_norm(*model) > 0);
+
+  // BufferTransaction: the batch norms' running means move in a training-mode forward pass; a
+  // committed transaction keeps them, an uncommitted one puts the copies back.
+  model->train();
+  const auto mean_before = model->bn[0]->running_mean.clone();
+  {
+    igrad::BufferTransaction uncommitted(model);
+    model->forward(x);
+    CHECK_FALSE(torch::equal(model->bn[0]->running_mean, mean_before));
+  }
+  CHECK(torch::equal(model->bn[0]->running_mean, mean_before));
+  {
+    //! [buffer_transaction]
+    igrad::BufferTransaction transaction(model);
+    auto logits = model->forward(x);  // forward passes update running statistics
+    transaction.commit();             // keep them; without this the destructor restores the copies
+    //! [buffer_transaction]
+    CHECK(logits.size(0) == 4);
+  }
+  CHECK_FALSE(torch::equal(model->bn[0]->running_mean, mean_before));
+}
+
+TEST_CASE("doc snippets: clipping, a lambda schedule and a learning-rate schedule as callbacks") {
+  auto loader = tiny_batches();
+  const auto& x = loader.front().data;
+  const auto& y = loader.front().target;
+  auto model = tiny_small_cnn();
+  torch::optim::SGD optimizer(model->parameters(), 0.01);
+  igrad::Trainer<> trainer(model, optimizer, igrad::TrainerOptions().lambda(0.1));
+  igrad::GradientClipping clipping(1.0);
+  //! [gradient_clipping]
+  trainer.fit(loader, 10, igrad::GradientClipping(1.0));
+  trainer.step(x, y, [&] { clipping.clip(trainer.optimizer()); });  // outside fit
+  //! [gradient_clipping]
+  CHECK(clipping.last_norm() > 0);
+  CHECK(gradient_norm(*model) <= doctest::Approx(1.0));
+  CHECK(trainer.next_epoch() == 10);
+
+  auto scheduled_model = tiny_small_cnn();
+  torch::optim::SGD scheduled_optimizer(scheduled_model->parameters(), 0.01);
+  igrad::Trainer<> lambda_trainer(scheduled_model, scheduled_optimizer);
+  {
+    auto& trainer = lambda_trainer;
+    //! [lambda_schedule]
+    // Plain training for 2 epochs, then λ = 7.5e-3 ramped in over 3 epochs.
+    auto logs = trainer.fit(loader, 10, igrad::LambdaSchedule::warmup(7.5e-3, 3, 2),
+                            igrad::ProgressBar());
+    // Any function of the epoch index, which counts on over fit calls (here epochs 10 to 19).
+    auto more = trainer.fit(loader, 10,
+                            igrad::LambdaSchedule([](int64_t e) { return e < 15 ? 0.0 : 1e-2; }));
+    //! [lambda_schedule]
+    logs.insert(logs.end(), more.begin(), more.end());
+    REQUIRE(logs.size() == 20);
+    // Each epoch's λ, read back from its mean losses: L = L_C + λ L_R.
+    const auto lambda_of = [](const igrad::EpochLog& log) {
+      return (log.loss - log.classification_loss) / log.regulariser_loss;
+    };
+    const std::vector<double> expected{0, 0, 2.5e-3, 5e-3, 7.5e-3, 7.5e-3, 7.5e-3, 7.5e-3, 7.5e-3,
+                                       7.5e-3, 0, 0, 0, 0, 0, 1e-2, 1e-2, 1e-2, 1e-2, 1e-2};
+    for (std::size_t e = 0; e < logs.size(); ++e) {
+      INFO("epoch " << e);
+      CHECK(logs[e].epoch == static_cast<int64_t>(e));
+      if (expected[e] == 0.0)
+        CHECK(logs[e].loss == logs[e].classification_loss);  // L = L_C exactly
+      else
+        CHECK(lambda_of(logs[e]) == doctest::Approx(expected[e]).epsilon(1e-2));
+    }
+  }
+
+  auto fresh = tiny_small_cnn();
+  torch::optim::SGD sgd(fresh->parameters(), 0.1);
+  igrad::Trainer<> scheduled(fresh, sgd, igrad::TrainerOptions().lambda(0.1));
+  {
+    auto& trainer = scheduled;
+    //! [learning_rate_schedule]
+    const int64_t steps_per_epoch = 430, epochs = 30;  // e.g. 55 000 images in batches of 128
+    // Linear warm-up over 2 epochs, then cosine annealing over the remaining epochs.
+    auto schedule = igrad::linear_warmup(2 * steps_per_epoch,
+                                         igrad::cosine_annealing((epochs - 2) * steps_per_epoch));
+    trainer.fit(loader, epochs, igrad::LearningRateScheduler(schedule, 0.1));
+    //! [learning_rate_schedule]
+  }
+  // Here an epoch is one step: after 30 steps the rate is set for step 30 of the warm-up.
+  CHECK(sgd.param_groups()[0].options().get_lr() == doctest::Approx(0.1 * 30.0 / 860.0));
+  // The cosine part ends at the end of training: factor 0 after 28 epochs of 430 steps.
+  const auto schedule = igrad::linear_warmup(860, igrad::cosine_annealing(28 * 430));
+  CHECK(schedule(860, 2) == doctest::Approx(1.0));
+  CHECK(schedule(30 * 430, 29) == doctest::Approx(0.0));
+}
+
+TEST_CASE("doc snippets: resuming from a checkpoint with fit_to") {
+  const auto loader = tiny_batches();
+  ScratchDirectory scratch("igrad_doc_snippets_resume");
+  const std::filesystem::path path = "run.pt";
+  const int64_t total_epochs = 3;
+  {
+    auto model = tiny_small_cnn();
+    torch::optim::SGD optimizer(model->parameters(), 0.01);
+    igrad::Trainer<> trainer(model, optimizer);
+    trainer.fit(loader, 2, igrad::Checkpoint(path));  // interrupted after 2 of 3 epochs
+  }
+  auto model = tiny_small_cnn();
+  torch::optim::SGD optimizer(model->parameters(), 0.01);
+  igrad::Trainer<> trainer(model, optimizer);
+  //! [resume]
+  const auto info = igrad::load_checkpoint(path, model, optimizer);
+  trainer.resume_at(info.next_epoch, info.global_step);
+  auto logs = trainer.fit_to(loader, total_epochs, igrad::Checkpoint(path));
+  //! [resume]
+  CHECK(info.next_epoch == 2);
+  CHECK(info.global_step == 2);
+  REQUIRE(logs.size() == 1);  // only the missing epoch ran
+  CHECK(logs[0].epoch == 2);
+  CHECK(trainer.steps() == 3);
+}
+
+TEST_CASE("doc snippets: augmentation, an image folder and a resumable sampler") {
+  {
+    torch::manual_seed(10);
+    igrad::data::ImageDataset train(torch::randint(0, 256, {10, 1, 8, 8}, torch::kUInt8),
+                                    torch::arange(10) % 3);
+    //! [resumable_sampler]
+    auto loader = torch::data::make_data_loader<igrad::data::ResumableRandomSampler>(
+        train.map(torch::data::transforms::Stack<>()), 128);
+    //! [resumable_sampler]
+    int64_t batches = 0, images = 0;
+    for (const auto& batch : *loader) {
+      ++batches;
+      images += batch.data.size(0);
+    }
+    CHECK(batches == 1);
+    CHECK(images == 10);
+  }
+  {
+    ScratchDirectory scratch("igrad_doc_snippets_image_folder");
+    torch::manual_seed(11);
+    for (const std::string label : {"cat", "dog"}) {
+      std::filesystem::create_directories("photos/train/" + label);
+      for (int i = 0; i < 2; ++i) {
+        const auto rgb = torch::randint(0, 256, {12, 10, 3}, torch::kUInt8).contiguous();
+        const auto file = "photos/train/" + label + "/" + std::to_string(i) + ".png";
+        REQUIRE(stbi_write_png(file.c_str(), 10, 12, 3, rgb.data_ptr<uint8_t>(), 30) != 0);
+      }
+    }
+    //! [image_folder]
+    igrad::data::ImageFolder train("photos/train", igrad::data::ImageFolderOptions().size(64, 64));
+    auto stats = igrad::data::compute_normalization(train);  // per-channel mean / std
+    train = igrad::data::ImageFolder(
+        "photos/train", igrad::data::ImageFolderOptions().size(64, 64).normalization(stats));
+    auto loader = torch::data::make_data_loader(
+        train.map(torch::data::transforms::Stack<>()),
+        torch::data::DataLoaderOptions().batch_size(64).workers(4));
+    //! [image_folder]
+    int64_t images = 0;
+    torch::Tensor all;
+    for (const auto& batch : *loader) {
+      CHECK(batch.data.sizes().slice(1) == torch::IntArrayRef({3, 64, 64}));
+      images += batch.data.size(0);
+      all = batch.data;
+    }
+    CHECK(images == 4);
+    // Normalised with its own statistics: each channel has mean 0 over the dataset.
+    CHECK(all.mean({0, 2, 3}).abs().max().item<double>() < 1e-4);
+  }
+  if (!std::filesystem::exists("/usr/share/datasets/fashion-mnist")) {
+    MESSAGE("Fashion-MNIST is not installed (Debian package dataset-fashion-mnist): skipped");
+    return;
+  }
+  torch::manual_seed(12);
+  //! [augment]
+  auto train = igrad::data::FashionMnist()
+                   .map(igrad::data::RandomCrop(4))
+                   .map(igrad::data::RandomHorizontalFlip())
+                   .map(torch::data::transforms::Stack<>());
+  auto loader = torch::data::make_data_loader(std::move(train), 128);
+  //! [augment]
+  const auto batch = *loader->begin();
+  CHECK(batch.data.sizes() == torch::IntArrayRef({128, 1, 28, 28}));
+  CHECK(batch.target.sizes() == torch::IntArrayRef({128}));
+}
+
+TEST_CASE("doc snippets: data-parallel training in a world of one process") {
+  // No launcher variables: from_environment() gives a world of one, where DataParallel and the
+  // collectives do nothing and on_rank_zero runs its callback.
+  for (const char* name : {"RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
+                           "SLURM_PROCID", "SLURM_NTASKS"})
+    if (std::getenv(name) != nullptr) {
+      MESSAGE("a launcher's variables are set: skipped");
+      return;
+    }
+  ScratchDirectory scratch("igrad_doc_snippets_distributed");
+  torch::manual_seed(13);
+  const auto dataset = igrad::data::ImageDataset(torch::randint(0, 256, {12, 1, 16, 16}, torch::kUInt8),
+                                                 torch::arange(12) % 10)
+                           .map(torch::data::transforms::Stack<>());
+  auto model = tiny_small_cnn();
+  torch::optim::SGD optimizer(model->parameters(), 0.01);
+  igrad::Trainer<> trainer(model, optimizer);
+  //! [process_group]
+  auto group = igrad::distributed::ProcessGroup::from_environment();  // torchrun, srun, mpirun
+  if (group.rank() == 0) fmt::print("{} processes\n", group.world_size());
+  //! [process_group]
+  CHECK(group.world_size() == 1);
+  //! [data_parallel]
+  igrad::distributed::DistributedSampler sampler(dataset.size().value(), group, /*seed=*/1);
+  auto loader = torch::data::make_data_loader(dataset, sampler, 64 / group.world_size());
+  trainer.fit(loader, 10, igrad::distributed::DataParallel(group), sampler,
+              igrad::distributed::on_rank_zero(group, igrad::ProgressBar()));
+  //! [data_parallel]
+  CHECK(trainer.next_epoch() == 10);
+  CHECK(trainer.steps() == 10);  // one batch of 12 per epoch
+  {
+    using namespace igrad::distributed;
+    using igrad::Checkpoint;
+    //! [on_rank_zero]
+    trainer.fit(loader, 10, DataParallel(group), on_rank_zero(group, Checkpoint("run.pt")));
+    //! [on_rank_zero]
+  }
+  CHECK(std::filesystem::exists("run.pt"));
+  CHECK(igrad::load_checkpoint("run.pt", model, optimizer).next_epoch == 20);
 }

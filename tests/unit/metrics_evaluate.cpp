@@ -390,6 +390,92 @@ TEST_CASE("evaluate: a Boost.Hana tuple of CAM types becomes explainers named C:
       CHECK(from_range.at(method, metric) == table.at(method, metric));
 }
 
+TEST_CASE("evaluate: one localisation batch as a whole gives the numbers of the dataset path") {
+  // Issue 17: an igrad::LocalizationBatch (or an Example, or a tuple) given as one batch, not
+  // wrapped in a range, did not compile.
+  torch::manual_seed(17);
+  SmallConv net(3);
+  net->to(torch::kDouble);
+  const auto x = torch::randn({7, 1, 6, 6}, torch::kDouble);
+  const auto y = torch::randint(0, 3, {7}, torch::kLong);
+  const auto boxes = torch::tensor({1, 0, 4, 5}, torch::kLong).repeat({7, 1});
+  // The boxes as masks: pixel (x, y) is inside iff x0 <= x < x1 and y0 <= y < y1.
+  auto masks = torch::zeros({7, 6, 6}, torch::kBool);
+  masks.slice(1, 0, 5).slice(2, 1, 4).fill_(true);
+  const std::vector<igrad::Explainer> methods{sigmoid_explainer(), constant_explainer("half", 0.5)};
+  const auto options = quiet().batch_size(3).normalization(igrad::DatasetNormalization({0.2860}, {0.3530}));
+
+  // The same members as igrad::LocalizationBatch (this file builds from <igrad/metrics.hpp>).
+  struct Localization {
+    torch::Tensor images, labels, boxes, masks;
+  } localization{x, y, boxes, masks};
+  struct MasksOnly {
+    torch::Tensor images, labels, masks;
+  } masks_only{x, y, masks};
+  const auto from_tensors = igrad::evaluate(net, methods, {x, y, boxes}, options);
+  const auto from_batch = igrad::evaluate(net, methods, localization, options);
+  const auto from_masks = igrad::evaluate(net, methods, masks_only, options);
+  const auto from_tuple = igrad::evaluate(net, methods, std::make_tuple(x, y, boxes), options);
+  const auto from_example = igrad::evaluate(net, methods, torch::data::Example<>(x, y), options);
+  const std::vector<igrad::EvaluationBatch> range{{x.slice(0, 0, 3), y.slice(0, 0, 3), boxes.slice(0, 0, 3)},
+                                                  {x.slice(0, 3, 6), y.slice(0, 3, 6), boxes.slice(0, 3, 6)},
+                                                  {x.slice(0, 6), y.slice(0, 6), boxes.slice(0, 6)}};
+  const auto from_range = igrad::evaluate(net, methods, range, options);
+  REQUIRE(from_batch.metrics() == from_tensors.metrics());
+  CHECK(from_batch.metrics().back() == "EnergyPointing");
+  CHECK(from_example.metrics() == std::vector<std::string>{"AD", "AI", "AG", "Insertion", "Deletion"});
+  for (const auto& method : from_tensors.methods()) {
+    for (const auto& metric : from_tensors.metrics()) {
+      INFO(method << " " << metric);
+      CHECK(from_batch.at(method, metric) == from_tensors.at(method, metric));
+      CHECK(from_tuple.at(method, metric) == from_tensors.at(method, metric));
+      CHECK(from_range.at(method, metric) == from_tensors.at(method, metric));
+      // Masks that cover exactly the boxes give the same pointing games.
+      CHECK(from_masks.at(method, metric) == doctest::Approx(from_tensors.at(method, metric)).epsilon(1e-12));
+    }
+    for (const auto& metric : from_example.metrics())
+      CHECK(from_example.at(method, metric) == from_tensors.at(method, metric));
+  }
+  // The Hana overload takes one batch too.
+  constexpr auto cams = boost::hana::tuple_t<igrad::GradCam>;
+  SmallConv small(3);
+  const auto xf = x.to(torch::kFloat);
+  const auto cam_batch = igrad::evaluate(small, cams, Localization{xf, y, boxes, masks}, options);
+  const auto cam_tensors = igrad::evaluate(small, cams, {xf, y, boxes}, options);
+  for (const auto& metric : cam_tensors.metrics())
+    CHECK(cam_batch.at(igrad::GradCam::name, metric) == cam_tensors.at(igrad::GradCam::name, metric));
+}
+
+TEST_CASE("evaluate: regions of a wrong shape are refused before any map is computed") {
+  MeanProbe probe(1.0);
+  const auto x = constant_images({1, 2});  // [2, 1, 4, 4]
+  const auto y = torch::tensor({0, 1}, torch::kLong);
+  int calls = 0;
+  const igrad::Explainer counting{"counting", [&](const igrad::AnyModel&, const torch::Tensor& v,
+                                                  const torch::Tensor&) {
+                                    ++calls;
+                                    return torch::full({v.size(0), 4, 4}, 0.5, v.options());
+                                  }};
+  struct Boxes {
+    torch::Tensor images, labels, boxes;
+  };
+  struct Masks {
+    torch::Tensor images, labels, masks;
+  };
+  const auto message_of = [&](const auto& batch) {
+    return error_of([&] { igrad::evaluate(probe, {counting}, batch, quiet()); });
+  };
+  for (const auto& message :
+       {message_of(Boxes{x, y, torch::zeros({2, 3}, torch::kLong)}),
+        message_of(Boxes{x, y, torch::zeros({3, 4}, torch::kLong)}),
+        message_of(Masks{x, y, torch::ones({2, 5, 4}, torch::kBool)})}) {
+    INFO(message);
+    CHECK(message.find("the dataset's regions have shape") != std::string::npos);
+    CHECK(message.find("expected boxes [2, 4] or masks [2, 4, 4]") != std::string::npos);
+  }
+  CHECK(calls == 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 TEST_CASE("table: CSV and Markdown read back to the same numbers") {
   igrad::MetricsTable table({"AD", "AI", "Insertion"});

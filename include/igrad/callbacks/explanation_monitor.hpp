@@ -27,7 +27,10 @@ namespace igrad {
 ///   of pixels, averaged over images; see `MapStatistics`);
 /// - `cam_average_drop`, `cam_average_increase`, `cam_average_gain`: Average Drop / Increase /
 ///   Gain of those maps on the batch (SPEC §5, in %), unless `faithfulness(false)`. Give the
-///   dataset's `normalization` so that the maps mask the images in pixel space.
+///   held-out images' normalisation with `.normalization(dataset.normalization())` whenever they
+///   are normalised: the maps then mask the images in pixel space; without it a masked pixel
+///   becomes the normalised 0, the dataset's mean rather than black, and the three figures
+///   measure something else.
 ///
 /// Before the first step (`on_train_begin`) it checks that the model has a features/head split
 /// and explains the first held-out image, so a held-out set the model cannot take fails before

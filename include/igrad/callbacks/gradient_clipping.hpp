@@ -21,10 +21,9 @@ namespace igrad {
 ///
 /// A non-finite gradient norm throws `NumericalError` before the update (the step is refused;
 /// parameters, buffers and optimizer state stay as they were).
-/// @code
-/// trainer.fit(loader, 10, igrad::GradientClipping(1.0));
-/// trainer.step(x, y, [&] { clipping.clip(trainer.optimizer()); });  // outside fit
-/// @endcode
+/// Passed to `fit`, or called directly around `Trainer::step` (`clipping` an
+/// `igrad::GradientClipping`):
+/// @snippet doc_snippets.cpp gradient_clipping
 class GradientClipping {
  public:
   /// @brief Clips to `max_norm` (> 0) in the `norm_type`-norm (> 0, or infinity).

@@ -21,11 +21,8 @@ namespace igrad {
 ///
 /// It sets the first epoch's λ in `on_train_begin`, so a schedule giving a negative or
 /// non-finite value fails (`InvalidArgument`) before any step; every later value is checked too.
-/// @code
-/// // Plain training for 2 epochs, then λ = 7.5e-3 ramped in over 3 epochs.
-/// trainer.fit(loader, 10, igrad::LambdaSchedule::warmup(7.5e-3, 3, 2), igrad::ProgressBar());
-/// trainer.fit(loader, 10, igrad::LambdaSchedule([](int64_t e) { return e < 5 ? 0.0 : 1e-2; }));
-/// @endcode
+/// The epoch index is the trainer's, which counts on over `fit` calls (and after a resume):
+/// @snippet doc_snippets.cpp lambda_schedule
 class LambdaSchedule {
  public:
   /// @brief λ of each epoch from `schedule(epoch)`.

@@ -7,13 +7,7 @@
 /// The transforms take a loader's batch before `Stack` (LibTorch 1.13's `map` cannot chain a
 /// transform after `Stack`: its type check needs the batch type's `value_type`); each stacks the
 /// batch's images, transforms them in one batched operation, and hands the examples on:
-/// @code
-/// auto train = igrad::data::FashionMnist()
-///                  .map(igrad::data::RandomCrop(4))
-///                  .map(igrad::data::RandomHorizontalFlip())
-///                  .map(torch::data::transforms::Stack<>());
-/// auto loader = torch::data::make_data_loader(std::move(train), 128);
-/// @endcode
+/// @snippet doc_snippets.cpp augment
 /// On a GPU, call the functions on a batch already moved there (`random_crop(x.to(device), 4)`):
 /// every operation, random draws included, runs on the batch's device. Draws come from LibTorch's
 /// default generator of that device, so `torch::manual_seed` makes them reproducible (with a

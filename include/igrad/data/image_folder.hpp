@@ -3,15 +3,7 @@
 /// @brief `ImageFolder`: a classification dataset of the user's own images, one sub-folder per
 /// class, PNG and JPEG (and the other formats stb_image reads), resized to a given size and read
 /// lazily — one file per `get` — so that LibTorch's data loader workers decode in parallel.
-/// @code
-/// igrad::data::ImageFolder train("photos/train", igrad::data::ImageFolderOptions().size(64, 64));
-/// auto stats = igrad::data::compute_normalization(train);        // per-channel mean / std
-/// train = igrad::data::ImageFolder("photos/train",
-///                                  igrad::data::ImageFolderOptions().size(64, 64).normalization(stats));
-/// auto loader = torch::data::make_data_loader(
-///     train.map(torch::data::transforms::Stack<>()),
-///     torch::data::DataLoaderOptions().batch_size(64).workers(4));
-/// @endcode
+/// @snippet doc_snippets.cpp image_folder
 
 #include <igrad/data/image_dataset.hpp>
 #include <igrad/detail/tensor_checks.hpp>

@@ -24,10 +24,7 @@ namespace igrad::data {
 /// this sampler both orders resume exactly. Other draws from the default generator between
 /// `load_checkpoint` and `fit` (random augmentation set-up, `torch::randn`) still shift the
 /// shuffle, with either sampler: make them before loading the checkpoint.
-/// @code
-/// auto loader = torch::data::make_data_loader<igrad::data::ResumableRandomSampler>(
-///     train.map(torch::data::transforms::Stack<>()), 128);
-/// @endcode
+/// @snippet doc_snippets.cpp resumable_sampler
 class ResumableRandomSampler : public torch::data::samplers::Sampler<> {
  public:
   /// @brief A sampler over `size` indices; nothing is drawn until the first epoch.

@@ -52,13 +52,8 @@ struct DataParallelOptions {
 /// rank its own shard of the data (`DistributedSampler`) with the same number of batches.
 /// Each rank's batch is its share of the global batch: 2 ranks × 32 equal 1 rank × 64 (for a
 /// mean loss and a scale-free error such as the cosine error). In a world of one it does nothing.
-/// @code
-/// auto group = igrad::distributed::ProcessGroup::from_environment();
-/// igrad::distributed::DistributedSampler sampler(dataset.size().value(), group, /*seed=*/1);
-/// auto loader = torch::data::make_data_loader(dataset, sampler, 64 / group.world_size());
-/// trainer.fit(loader, 10, igrad::distributed::DataParallel(group), sampler,
-///             igrad::distributed::on_rank_zero(group, igrad::ProgressBar()));
-/// @endcode
+/// With `group` from `ProcessGroup::from_environment()` and `dataset` a stacked LibTorch dataset:
+/// @snippet doc_snippets.cpp data_parallel
 class DataParallel {
  public:
   /// @brief Data parallelism over `group`.
@@ -363,9 +358,7 @@ class CollectiveCallback {
 
 /// @brief `callback` runs on rank 0 only (progress bar, CSV log, checkpoints); when it asks to
 /// stop, every rank stops. Elsewhere a world of one sees the callback itself.
-/// @code
-/// trainer.fit(loader, 10, DataParallel(group), on_rank_zero(group, Checkpoint("run.pt")));
-/// @endcode
+/// @snippet doc_snippets.cpp on_rank_zero
 template <class C>
 CollectiveCallback<std::decay_t<C>> on_rank_zero(const ProcessGroup& group, C&& callback) {
   return {group, std::forward<C>(callback), true};

@@ -169,10 +169,7 @@ inline LaunchEnvironment LaunchEnvironment::from_environment() {
 /// exited, crashed or did not arrive within `ProcessGroupOptions::timeout` — it throws
 /// `DistributedError` naming the rank(s) and the collective: before each one, every rank records
 /// in the store which collective it has reached, so a failing rank can tell who is behind.
-/// @code
-/// auto group = igrad::distributed::ProcessGroup::from_environment();  // torchrun, srun, mpirun
-/// if (group.rank() == 0) fmt::print("{} processes\n", group.world_size());
-/// @endcode
+/// @snippet doc_snippets.cpp process_group
 class ProcessGroup {
  public:
   /// @brief A world of one: no store, no backend, collectives are no-ops.

@@ -273,9 +273,17 @@ inline MetricsTable evaluate(const AnyModel& model, const std::vector<Explainer>
   detail::require(data.labels.defined() && data.labels.dim() == 1 && data.labels.size(0) == n,
                   "the dataset's labels have shape {} for {} images; expected [{}]",
                   detail::shape_string(data.labels), n, n);
-  detail::require(!data.regions.defined() || (data.regions.dim() >= 1 && data.regions.size(0) == n),
-                  "the dataset's regions have shape {} for {} images; expected boxes [{}, 4] or "
-                  "masks [{}, H, W]", detail::shape_string(data.regions), n, n, n);
+  if (data.regions.defined()) {
+    // Checked here, before any map is computed, rather than by the pointing game afterwards.
+    const int64_t h = data.images.size(2), w = data.images.size(3);
+    const auto& r = data.regions;
+    const bool boxes = r.dim() == 2 && r.size(0) == n && r.size(1) == 4;
+    const bool masks = r.dim() == 3 && r.size(0) == n && r.size(1) == h && r.size(2) == w;
+    detail::require(boxes || masks,
+                    "the dataset's regions have shape {} for {} images of {}x{}; expected boxes "
+                    "[{}, 4] or masks [{}, {}, {}]",
+                    detail::shape_string(r), n, h, w, n, n, h, w);
+  }
   const int64_t b = options.batch_size();
   return detail::evaluate_batches(
       model, explainers,
@@ -288,6 +296,36 @@ inline MetricsTable evaluate(const AnyModel& model, const std::vector<Explainer>
         }
       },
       (n + b - 1) / b, options);
+}
+
+namespace detail {
+/// One batch that `to_evaluation_batch` converts (an `igrad::LocalizationBatch`, a
+/// `torch::data::Example<>`, a tuple of tensors), as opposed to a range of batches.
+template <class B>
+concept SingleEvaluationBatch =
+    !std::ranges::range<B> && !std::is_same_v<B, EvaluationBatch> &&
+    (requires(const B& b) {
+      b.images;
+      b.labels;
+    } || requires(const B& b) {
+      b.data;
+      b.target;
+    } || requires { std::tuple_size<B>::value; });
+}  // namespace detail
+
+/// @brief Evaluates explanation methods on one batch given as a whole — an
+/// `igrad::LocalizationBatch` (images, labels, boxes and masks: the boxes are used), any type
+/// with `images` / `labels` (and `boxes` or `masks`) members, a `torch::data::Example<>`, or a
+/// tuple `(images, labels[, regions])` — cut into batches of `options.batch_size()` like the
+/// tensor overload, whose numbers it gives on the same images.
+///
+/// Throws `InvalidArgument` when the labels are not `[N]` or the regions neither boxes `[N, 4]`
+/// nor masks `[N, H, W]` of the images' size, before any map is computed.
+template <class Batch>
+  requires detail::SingleEvaluationBatch<std::remove_cvref_t<Batch>>
+MetricsTable evaluate(const AnyModel& model, const std::vector<Explainer>& explainers,
+                      const Batch& batch, const EvaluationOptions& options = {}) {
+  return evaluate(model, explainers, detail::to_evaluation_batch(batch), options);
 }
 
 /// @brief Evaluates explanation methods on any range of batches (a data loader, a vector of

@@ -56,6 +56,18 @@ MetricsTable evaluate(const AnyModel& model, const boost::hana::tuple<CamTypes..
   return evaluate(model, cam_explainers(cams, cam_options), data, options);
 }
 
+/// @brief Evaluates the CAM types of a Hana type tuple on one batch given as a whole (an
+/// `igrad::LocalizationBatch`, a `torch::data::Example<>`, a tuple); see the `Explainer`
+/// overload of `evaluate`.
+template <class... CamTypes, class Batch>
+  requires detail::SingleEvaluationBatch<std::remove_cvref_t<Batch>>
+MetricsTable evaluate(const AnyModel& model, const boost::hana::tuple<CamTypes...>& cams,
+                      const Batch& batch, const EvaluationOptions& options = {},
+                      const CamOptions& cam_options = {}) {
+  return evaluate(model, cam_explainers(cams, cam_options), detail::to_evaluation_batch(batch),
+                  options);
+}
+
 /// @brief Evaluates the CAM types of a Hana type tuple on a range of batches; see the
 /// `Explainer` overload of `evaluate`.
 template <class... CamTypes, class Batches>
