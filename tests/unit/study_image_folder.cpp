@@ -8,6 +8,7 @@
 
 #include <doctest/doctest.h>
 #include <stb/stb_image_write.h>
+#include <unistd.h>
 #include <torch/torch.h>
 
 #include <filesystem>
@@ -39,7 +40,11 @@ torch::Tensor constant_rgb(int64_t h, int64_t w, int r, int g, int b) {
 struct Folder {
   fs::path root;
   torch::Tensor gradient;  // the 2x3 PNG of class "a", its exact pixels
-  Folder() : root(fs::path(IGRAD_TEST_BINARY_DIR) / "study_image_folder") {
+  // One folder per process: CTest runs these cases in parallel processes, which must not
+  // remove and rewrite each other's files.
+  Folder()
+      : root(fs::path(IGRAD_TEST_BINARY_DIR) /
+             ("study_image_folder_" + std::to_string(::getpid()))) {
     igrad_test::remove_tree(root);
     fs::create_directories(root / "a");
     fs::create_directories(root / "b");

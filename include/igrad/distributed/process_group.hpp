@@ -90,6 +90,14 @@ struct ProcessGroupOptions {
 
 namespace detail {
 
+/// LibTorch 2.4+ asks for the libuv TCPStore by default, which a LibTorch built without libuv
+/// (Debian 13's 2.6) refuses; the classic store exists in every build. (A template, so that the
+/// member's absence in LibTorch 1.x is a false `requires`, not an error.)
+template <class StoreOptions>
+void use_classic_tcp_store(StoreOptions& options) {
+  if constexpr (requires { options.useLibUV; }) options.useLibUV = false;
+}
+
 /// The value of environment variable `name`, if set and not empty.
 inline std::optional<std::string> environment_variable(const char* name) {
   const char* value = std::getenv(name);
@@ -286,6 +294,7 @@ inline ProcessGroup::ProcessGroup(LaunchEnvironment environment, ProcessGroupOpt
   store_options.numWorkers = static_cast<std::size_t>(env.world_size);
   store_options.waitWorkers = false;  // igrad waits itself, to name the ranks that are missing
   store_options.timeout = options.timeout();
+  detail::use_classic_tcp_store(store_options);
   try {
     state->store = c10::make_intrusive<::c10d::TCPStore>(env.master_address, store_options);
   } catch (const std::exception& e) {
