@@ -114,11 +114,12 @@ TEST_CASE("ImageFolder reads exact PNG pixels, resizes, converts to grey and rea
   CHECK(g.size(0) == 1);
   CHECK(g.mul(255).round().eq((10 * 77 + 20 * 150 + 30 * 29) >> 8).all().item<bool>());
 
-  // A PNG cut short passes the header check but fails when read, naming the file.
+  // A PNG cut short is refused naming the file: when read, or already by the header check
+  // (stb 2022, Debian 12, reads only the header there; stb 2024, Debian 13, notices the cut).
   const auto bytes = fs::file_size(folder.root / "a" / "1.png");
   fs::resize_file(folder.root / "a" / "1.png", bytes / 2);
-  ImageFolder truncated(folder.root, ImageFolderOptions().size(2, 3));
   try {
+    ImageFolder truncated(folder.root, ImageFolderOptions().size(2, 3));
     truncated.get(0);
     FAIL("a truncated PNG was read");
   } catch (const igrad::DataError& e) {

@@ -25,16 +25,6 @@
 #include <tuple>
 #include <vector>
 
-// GCC 12-14 warn falsely (-Wstringop-overflow, "writing between 9 and ... bytes into a region of
-// size 8") on the std::vector<bool> that torch::autograd::Function<T>::apply reserves, once it is
-// inlined into the hooks below. The pragma covers the call sites here, so
-// users' builds with -Werror are not broken by it; it does not hide warnings elsewhere.
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wstringop-overflow"
-#define IGRAD_DETAIL_STRINGOP_PRAGMA_PUSHED 1
-#endif
-
 namespace igrad::detail {
 
 /// Autograd function `(dy, x, γ) ↦ dx`, the input gradient of training-mode batch norm, whose
@@ -291,7 +281,3 @@ class ScopedPiecewiseLinearDoubleBackward {
 
 }  // namespace igrad::detail
 
-#ifdef IGRAD_DETAIL_STRINGOP_PRAGMA_PUSHED
-#pragma GCC diagnostic pop
-#undef IGRAD_DETAIL_STRINGOP_PRAGMA_PUSHED
-#endif
