@@ -180,22 +180,19 @@ class ModelGuard {
 
 /// The law both kinds of method share: two calls on the same batch give the same result, and
 /// (with `ConformanceOptions::batch_consistency`) a batch gives what its inputs give one by one.
-/// `run(inputs, targets)` computes a result (undefined targets: the predictions); `results`
-/// names them ("maps"), `options_type` where their noise is seeded, `call` the entry point.
+/// `run(inputs, targets)` computes a result (undefined targets: the predictions); `differ_twice`
+/// and `differ_alone` say what broke each law, `call` names the entry point.
 template <class Run>
 void check_deterministic_and_batch_independent(LawBook& book, const ModelGuard& guard,
                                                const AnyModel& model, const torch::Tensor& x,
                                                const ConformanceOptions& options,
-                                               const std::string& results,
-                                               const std::string& options_type,
+                                               const std::string& differ_twice,
+                                               const std::string& differ_alone,
                                                const std::string& call, Run&& run) {
   book.run("deterministic and batch-independent", [&] {
     const auto first = run(x, torch::Tensor());
     const auto second = run(x, torch::Tensor());
-    book.expect(close(first, second, options),
-                fmt::format("two calls on the same batch gave different {}; expected the same {} "
-                            "(draw noise from {}::seed or generator)",
-                            results, results, options_type));
+    book.expect(close(first, second, options), differ_twice);
     if (options.batch_consistency()) {
       torch::Tensor targets;
       {
@@ -206,10 +203,7 @@ void check_deterministic_and_batch_independent(LawBook& book, const ModelGuard& 
       std::vector<torch::Tensor> alone;
       for (int64_t i = 0; i < x.size(0); ++i)
         alone.push_back(run(x.slice(0, i, i + 1), targets.slice(0, i, i + 1)));
-      book.expect(close(first, torch::cat(alone), options),
-                  fmt::format("the {} of a batch differ from those of its inputs one by one; "
-                              "expected each input's {} to depend on that input only",
-                              results, results));
+      book.expect(close(first, torch::cat(alone), options), differ_alone);
     }
     guard.check(book, call);
   });
@@ -418,7 +412,12 @@ ConformanceReport check_cam_method(const AnyModel& model, const torch::Tensor& x
     guard.check(book, "explain");
   });
   detail::check_deterministic_and_batch_independent(
-      book, guard, model, x, options, "maps", "CamOptions", "explain_raw",
+      book, guard, model, x, options,
+      "two calls on the same batch gave different maps; expected the same maps (draw noise from "
+      "CamOptions::seed or generator)",
+      "the maps of a batch differ from those of its images one by one; expected each image's map "
+      "to depend on that image only",
+      "explain_raw",
       [&](const torch::Tensor& inputs, const torch::Tensor& targets) {
         return explain_raw<C>(model, inputs, targets, cam_options, method);
       });
@@ -455,7 +454,12 @@ ConformanceReport check_saliency_method(const AnyModel& model, const torch::Tens
     guard.check(book, "calling it");
   });
   detail::check_deterministic_and_batch_independent(
-      book, guard, model, x, options, "attributions", "SaliencyOptions", "attribute",
+      book, guard, model, x, options,
+      "two calls on the same batch gave different attributions; expected the same result (draw "
+      "noise from SaliencyOptions::seed or generator)",
+      "the attributions of a batch differ from those of its inputs one by one; expected each "
+      "input's attributions to depend on that input only",
+      "attribute",
       [&](const torch::Tensor& inputs, const torch::Tensor& targets) {
         return attribute<S>(model, inputs, targets, saliency_options, method);
       });
