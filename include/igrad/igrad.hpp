@@ -26,6 +26,7 @@
 #include <igrad/metrics/evaluate_cams.hpp>
 #include <igrad/model.hpp>
 #include <igrad/models.hpp>
+#include <igrad/normalization.hpp>
 #include <igrad/regularised_loss.hpp>
 #include <igrad/rules/backprop_rules.hpp>
 #include <igrad/rules/input_gradient.hpp>

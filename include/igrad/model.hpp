@@ -45,6 +45,19 @@ class AnyModel {
     std::function<bool()> is_training;                            ///< current mode
     std::function<void(torch::serialize::OutputArchive&)> save;   ///< write weights
     std::function<void(torch::serialize::InputArchive&)> load;    ///< read weights
+
+    /// @brief The module operations of `module` (parameters, buffers, train/eval, save/load);
+    /// `forward`, `features` and `head` are left for the caller to set.
+    static Functions of_module(const std::shared_ptr<torch::nn::Module>& module) {
+      Functions f;
+      f.parameters = [module] { return module->parameters(); };
+      f.buffers = [module] { return module->buffers(); };
+      f.train = [module](bool on) { module->train(on); };
+      f.is_training = [module] { return module->is_training(); };
+      f.save = [module](torch::serialize::OutputArchive& a) { module->save(a); };
+      f.load = [module](torch::serialize::InputArchive& a) { module->load(a); };
+      return f;
+    }
   };
 
   /// @brief Adapts a handle from its operations (for adapters; `forward`, `parameters`,
@@ -117,8 +130,7 @@ class AnyModel {
   /// @brief The operations of a LibTorch module handle, with `features`/`head` when it has them.
   template <Classifier M>
   static Functions functions_of(M model) {
-    std::shared_ptr<torch::nn::Module> module = module_pointer(model);
-    Functions f;
+    Functions f = Functions::of_module(module_pointer(model));
     f.forward = [model](const torch::Tensor& x) mutable { return torch::Tensor(model->forward(x)); };
     if constexpr (FeatureClassifier<M>) {
       f.features = [model](const torch::Tensor& x) mutable {
@@ -126,12 +138,6 @@ class AnyModel {
       };
       f.head = [model](const torch::Tensor& a) mutable { return torch::Tensor(model->head(a)); };
     }
-    f.parameters = [module] { return module->parameters(); };
-    f.buffers = [module] { return module->buffers(); };
-    f.train = [module](bool on) { module->train(on); };
-    f.is_training = [module] { return module->is_training(); };
-    f.save = [module](torch::serialize::OutputArchive& a) { module->save(a); };
-    f.load = [module](torch::serialize::InputArchive& a) { module->load(a); };
     return f;
   }
 

@@ -9,6 +9,7 @@
 
 #include <igrad/detail/batch_norm_double_backward.hpp>
 #include <igrad/detail/tensor_checks.hpp>
+#include <igrad/detail/torch_errors.hpp>
 #include <igrad/errors/error_functions.hpp>
 #include <igrad/exceptions.hpp>
 #include <igrad/model.hpp>
@@ -122,18 +123,11 @@ inline std::pair<torch::Tensor, torch::Tensor> checked_batch(const AnyModel& mod
   return {x.to(device, model.dtype()), targets.to(device, torch::kLong)};
 }
 
-/// The model's forward pass, its LibTorch errors turned into `InvalidArgument`.
+/// The model's forward pass, its LibTorch errors turned into `InvalidArgument`
+/// (`call_model_checked`).
 inline torch::Tensor forward_checked(const AnyModel& model, const torch::Tensor& input) {
-  try {
-    return model.forward(input);
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    throw InvalidArgument(fmt::format(
-        "the model rejected an input batch of shape {}; expected the input size the model was "
-        "built for. LibTorch said: {}",
-        shape_string(input), first_line(e.what())));
-  }
+  return call_model_checked(model, [&] { return model.forward(input); }, "forward", input,
+                            "an input batch");
 }
 
 /// The loss of a batch already checked by `checked_batch` (no buffer transaction).

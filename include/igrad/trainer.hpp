@@ -8,6 +8,7 @@
 
 #include <igrad/callbacks/callback.hpp>
 #include <igrad/cam/cam_method.hpp>
+#include <igrad/detail/batches.hpp>
 #include <igrad/detail/tensor_checks.hpp>
 #include <igrad/errors/error_functions.hpp>
 #include <igrad/exceptions.hpp>

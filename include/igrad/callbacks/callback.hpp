@@ -191,32 +191,5 @@ void run_callbacks_end(TrainerState& s, Cs&... cs) {
       ...);
 }
 
-/// The range of batches behind a loader: dereferences a (smart) pointer to a data loader.
-template <class Loader>
-decltype(auto) batches(Loader& loader) {
-  if constexpr (requires { loader->begin(); }) {
-    return (*loader);
-  } else {
-    return (loader);
-  }
-}
-
-/// `{data, target}` of a batch: a stacked `Example<>` or a vector of examples.
-template <class Batch>
-std::pair<torch::Tensor, torch::Tensor> unpack_batch(const Batch& batch) {
-  if constexpr (requires { batch.data; batch.target; }) {
-    return {batch.data, batch.target};
-  } else {
-    std::vector<torch::Tensor> data, target;
-    data.reserve(batch.size());
-    target.reserve(batch.size());
-    for (const auto& example : batch) {
-      data.push_back(example.data);
-      target.push_back(example.target);
-    }
-    return {torch::stack(data), torch::stack(target).view({-1})};
-  }
-}
-
 }  // namespace detail
 }  // namespace igrad

@@ -4,14 +4,14 @@
 /// per epoch elsewhere (log files, CI).
 
 #include <igrad/callbacks/callback.hpp>
+#include <igrad/detail/progress_line.hpp>
 
 #include <fmt/format.h>
 
 #include <chrono>
-#include <optional>
 #include <cstdio>
+#include <optional>
 #include <string>
-#include <unistd.h>
 
 namespace igrad {
 
@@ -31,11 +31,11 @@ class ProgressBar {
   /// @brief A bar on `stream` (stderr by default); `batches_per_epoch` sizes the first epoch's
   /// bar when known (later epochs learn it from the first).
   explicit ProgressBar(std::FILE* stream = stderr, std::optional<int64_t> batches_per_epoch = {})
-      : stream_(stream), total_(batches_per_epoch), tty_(::isatty(::fileno(stream)) != 0) {}
+      : line_(stream), total_(batches_per_epoch) {}
 
   /// @brief Forces terminal (redraw) or plain (line per epoch) output.
   ProgressBar& interactive(bool on) {
-    tty_ = on;
+    line_.set_terminal(on);
     return *this;
   }
 
@@ -60,14 +60,7 @@ class ProgressBar {
     sum_lr_ += r.regulariser_loss * n;
     sum_acc_ += r.accuracy * n;
     seen_ += n;
-    if (!tty_) return;
-    const auto now = std::chrono::steady_clock::now();
-    if (now - last_draw_ < std::chrono::milliseconds(100)) return;
-    last_draw_ = now;
-    // fmt rather than "literal" + std::string: GCC 12 warns falsely (-Wstringop-overflow) on the
-    // latter once inlined into fit().
-    std::fputs(fmt::format("\r{}\x1b[K", line(state, false)).c_str(), stream_);
-    std::fflush(stream_);
+    line_.redraw([&] { return line(state); });
   }
 
   /// @brief Prints the epoch summary, with the time the run still needs.
@@ -80,33 +73,22 @@ class ProgressBar {
     const std::string timing =
         left > 0 ? fmt::format(", ETA {}", duration(epoch_seconds_ / epochs_run_ * left))
                  : fmt::format(", {} in all", duration(epoch_seconds_));
-    std::fputs(fmt::format("{}epoch {}/{}: L={:.4f} L_C={:.4f} L_R={:.4f} acc={:.2f}% ({:.1f} s{}){}\n",
-                           tty_ ? "\r\x1b[K" : "", state.epoch + 1, state.epochs, log.loss,
-                           log.classification_loss, log.regulariser_loss, 100 * log.accuracy,
-                           log.seconds, timing, extra)
-                   .c_str(),
-               stream_);
-    std::fflush(stream_);
+    line_.print_line(fmt::format("epoch {}/{}: L={:.4f} L_C={:.4f} L_R={:.4f} acc={:.2f}% ({:.1f} s{}){}",
+                                 state.epoch + 1, state.epochs, log.loss,
+                                 log.classification_loss, log.regulariser_loss,
+                                 100 * log.accuracy, log.seconds, timing, extra));
   }
 
   /// @brief `seconds` as "42 s", "3 min 05 s" or "2 h 07 min".
-  static std::string duration(double seconds) {
-    const auto whole = static_cast<int64_t>(seconds + 0.5);
-    if (whole < 60) return fmt::format("{} s", whole);
-    if (whole < 3600) return fmt::format("{} min {:02} s", whole / 60, whole % 60);
-    return fmt::format("{} h {:02} min", whole / 3600, (whole % 3600) / 60);
-  }
+  static std::string duration(double seconds) { return detail::format_duration(seconds); }
 
  private:
-  std::string line(const TrainerState& state, bool) const {
+  std::string line(const TrainerState& state) const {
     const double elapsed =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-    std::string bar, eta;
+    const std::string bar = detail::progress_bar_text(state.batch, total_);
+    std::string eta;
     if (total_ && *total_ > 0) {
-      const double done = static_cast<double>(state.batch) / static_cast<double>(*total_);
-      const int width = 24, filled = static_cast<int>(done * width + 0.5);
-      bar = fmt::format("[{}{}] ", std::string(std::min(filled, width), '#'),
-                        std::string(width - std::min(filled, width), '.'));
       if (state.batch > 0)
         eta = fmt::format(" ETA {}", duration(elapsed / static_cast<double>(state.batch) *
                                                static_cast<double>(*total_ - state.batch)));
@@ -117,10 +99,9 @@ class ProgressBar {
                        sum_lc_ / seen_, sum_lr_ / seen_, 100 * sum_acc_ / seen_, eta);
   }
 
-  std::FILE* stream_;
+  detail::ProgressLine line_;
   std::optional<int64_t> total_;
-  bool tty_;
-  std::chrono::steady_clock::time_point start_{}, last_draw_{};
+  std::chrono::steady_clock::time_point start_{};
   double sum_l_ = 0, sum_lc_ = 0, sum_lr_ = 0, sum_acc_ = 0, seen_ = 0;
   int64_t epochs_run_ = 0;
   double epoch_seconds_ = 0;

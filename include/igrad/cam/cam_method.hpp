@@ -10,13 +10,16 @@
 /// that every method is called the same way and batches give the same maps as single images.
 
 #include <igrad/concepts.hpp>
+#include <igrad/detail/batched_jobs.hpp>
+#include <igrad/detail/maps.hpp>
+#include <igrad/detail/model_calls.hpp>
+#include <igrad/detail/noise.hpp>
 #include <igrad/detail/tensor_checks.hpp>
 #include <igrad/detail/torch_errors.hpp>
 #include <igrad/exceptions.hpp>
 #include <igrad/model.hpp>
 #include <igrad/rules/backprop_rules.hpp>
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <torch/arg.h>
 #include <torch/torch.h>
 
@@ -121,148 +124,6 @@ struct FeatureGradients {
 
 namespace detail {
 
-/// Logits `[N, K]` of a batch, checked.
-inline torch::Tensor checked_forward(const AnyModel& model, const torch::Tensor& x) {
-  auto logits = call_model_checked(model, [&] { return model.forward(x); }, "forward", x);
-  require(logits.dim() == 2 && logits.size(0) == x.size(0),
-          "model output has shape {}; expected logits [{}, K]", shape_string(logits), x.size(0));
-  return logits;
-}
-
-/// Feature map `[N, K, h, w]` of a batch, checked (SPEC §4 needs a 4-D feature map).
-inline torch::Tensor checked_features(const AnyModel& model, const torch::Tensor& x) {
-  auto a = call_model_checked(model, [&] { return model.features(x); }, "features", x);
-  require(a.dim() == 4 && a.size(0) == x.size(0),
-          "the model's features(x) has shape {} for an input of shape {}; expected a 4-D feature "
-          "map [N, K, h, w] (class activation maps weight its K channels)",
-          shape_string(a), shape_string(x));
-  return a;
-}
-
-/// Logits `[N, K]` from a feature map, checked.
-inline torch::Tensor checked_head(const AnyModel& model, const torch::Tensor& a) {
-  auto logits = call_model_checked(model, [&] { return model.head(a); }, "head", a);
-  require(logits.dim() == 2 && logits.size(0) == a.size(0),
-          "the model's head(a) has shape {}; expected logits [{}, K]", shape_string(logits),
-          a.size(0));
-  return logits;
-}
-
-/// `logits[i, targets[i]]` for each row.
-inline torch::Tensor gather_targets(const torch::Tensor& logits, const torch::Tensor& targets) {
-  return logits.gather(1, targets.view({-1, 1})).view({-1});
-}
-
-/// A batch, its targets and its class count, validated and moved to the model's device and dtype.
-struct PreparedBatch {
-  torch::Tensor input;        ///< detached, on the model's device and dtype
-  torch::Tensor targets;      ///< long [N] on the model's device
-  int64_t classes = 0;        ///< K
-  torch::Tensor activations;  ///< features(input), detached, when asked for
-};
-
-/// Validates `x` and `targets` (the predicted classes when undefined). The caller has already
-/// switched the model to evaluation mode, so the default targets are the eval-mode predictions.
-/// With `feature_map`, the logits are computed as head(features(x)) and the feature map is kept,
-/// so that a CAM method does not run the convolutions a second time. A positive `chunk` runs the
-/// forward (or features) pass `chunk` samples at a time, bounding its memory on large batches.
-inline PreparedBatch prepare_batch(const AnyModel& model, const torch::Tensor& x,
-                                   const torch::Tensor& targets, bool require_image,
-                                   std::string_view method, bool feature_map = false,
-                                   int64_t chunk = 0) {
-  if (require_image) {
-    require(x.defined() && x.dim() == 4, "{}: input has shape {}; expected images [N, C, H, W]",
-            method, shape_string(x));
-  } else {
-    require(x.defined() && x.dim() >= 2, "{}: input has shape {}; expected a batch [N, ...]",
-            method, shape_string(x));
-  }
-  require(x.size(0) > 0, "{}: input batch is empty; expected at least one sample", method);
-  require(x.is_floating_point(), "{}: input has dtype {}; expected a floating-point tensor",
-          method, std::string(c10::toString(x.scalar_type())));
-  require_finite(x, "input");
-  PreparedBatch batch;
-  batch.input = x.detach().to(model.device(), model.dtype());
-  torch::Tensor logits;
-  {
-    torch::NoGradGuard no_grad;
-    if (feature_map && (chunk <= 0 || chunk >= batch.input.size(0))) {
-      batch.activations = checked_features(model, batch.input);
-      logits = checked_head(model, batch.activations);
-    } else if (feature_map) {
-      // The feature map is kept whole (the methods need it), but the convolutions' intermediate
-      // tensors only exist for one chunk at a time.
-      std::vector<torch::Tensor> parts;
-      for (int64_t start = 0; start < batch.input.size(0); start += chunk) {
-        parts.push_back(checked_features(
-            model, batch.input.slice(0, start, std::min(batch.input.size(0), start + chunk))));
-      }
-      batch.activations = torch::cat(parts, 0);
-      logits = checked_head(model, batch.activations);
-    } else if (chunk <= 0 || chunk >= batch.input.size(0)) {
-      logits = checked_forward(model, batch.input);
-    } else {
-      // Only the class count and the predicted classes are kept from the logits.
-      std::vector<torch::Tensor> predictions;
-      for (int64_t start = 0; start < batch.input.size(0); start += chunk) {
-        const auto part = checked_forward(
-            model, batch.input.slice(0, start, std::min(batch.input.size(0), start + chunk)));
-        if (!logits.defined()) logits = part;
-        predictions.push_back(part.argmax(1));
-      }
-      if (!targets.defined()) batch.targets = torch::cat(predictions, 0);
-    }
-  }
-  batch.classes = logits.size(1);
-  if (!targets.defined()) {
-    if (!batch.targets.defined()) batch.targets = logits.argmax(1);
-  } else {
-    require_labels(targets, x.size(0), batch.classes);
-    batch.targets = targets.to(batch.input.device(), torch::kLong);
-  }
-  return batch;
-}
-
-/// The CPU generator a noisy method draws from: the options' own or a fresh one from the seed.
-inline torch::Generator noise_generator(const c10::optional<torch::Generator>& given,
-                                        uint64_t seed) {
-  if (given.has_value()) {
-    require(given->device().is_cpu(),
-            "the noise generator is on {}; expected a CPU generator (noise is drawn on the CPU so "
-            "that results do not depend on the device)",
-            given->device().str());
-    return *given;
-  }
-  return at::make_generator<at::CPUGeneratorImpl>(seed);
-}
-
-/// Standard normal noise drawn on the CPU from `generator`, then moved to `like`'s device/dtype.
-inline torch::Tensor standard_normal(torch::Generator& generator, at::IntArrayRef shape,
-                                     const torch::Tensor& like) {
-  return torch::randn(shape, generator, torch::dtype(torch::kFloat))
-      .to(like.device(), like.scalar_type());
-}
-
-/// `(m − min)/(max − min + 1e-7)` per leading index (SPEC §4); an all-zero map stays zero.
-inline torch::Tensor min_max_per_sample(const torch::Tensor& maps) {
-  const auto flat = maps.flatten(1);
-  const auto low = std::get<0>(flat.min(1, /*keepdim=*/true));
-  const auto high = std::get<0>(flat.max(1, /*keepdim=*/true));
-  return ((flat - low) / (high - low + 1e-7)).view(maps.sizes());
-}
-
-/// Bilinear resize of `[N, h, w]` maps to `[N, height, width]`.
-inline torch::Tensor resize_maps(const torch::Tensor& maps, int64_t height, int64_t width,
-                                 bool align_corners = false) {
-  namespace F = torch::nn::functional;
-  if (maps.size(1) == height && maps.size(2) == width) return maps;
-  return F::interpolate(maps.unsqueeze(1), F::InterpolateFuncOptions()
-                                               .size(std::vector<int64_t>{height, width})
-                                               .mode(torch::kBilinear)
-                                               .align_corners(align_corners))
-      .squeeze(1);
-}
-
 /// Checks a method's result: `[N, h, w]`, finite.
 inline void require_raw_map(const torch::Tensor& raw, int64_t n, std::string_view method) {
   require<GraphError>(raw.defined() && raw.dim() == 3 && raw.size(0) == n,
@@ -272,17 +133,12 @@ inline void require_raw_map(const torch::Tensor& raw, int64_t n, std::string_vie
                           method);
 }
 
-/// Runs `total` jobs in batches of `batch_size`: `run(start, end)` handles jobs [start, end);
-/// the progress callback hears about each batch.
+/// Runs `total` jobs in batches of `CamOptions::batch_size`: `run(start, end)` handles jobs
+/// [start, end); the progress callback hears about each batch.
 template <class Run>
 void run_in_batches(int64_t total, const CamOptions& options, Run&& run) {
-  require(options.batch_size() > 0, "CamOptions::batch_size is {}; expected at least 1",
-          options.batch_size());
-  for (int64_t start = 0; start < total; start += options.batch_size()) {
-    const int64_t end = std::min(total, start + options.batch_size());
-    run(start, end);
-    if (options.progress()) options.progress()(end, total);
-  }
+  for_each_batch(total, options.batch_size(), "CamOptions::batch_size", std::forward<Run>(run),
+                 options.progress());
 }
 
 /// The score `s_c` of masked forward passes: probability or logit of each row's target.

@@ -125,13 +125,9 @@ torch::Tensor explain_raw(const M&, const torch::Tensor&, const torch::Tensor& =
 /// (see the `explain_raw` overload above).
 template <CamMethod C, Classifier M>
   requires(!FeatureClassifier<M>)
-torch::Tensor explain(const M&, const torch::Tensor&, const torch::Tensor& = {},
-                      const CamOptions& = {}, const C& = C()) {
-  static_assert(FeatureClassifier<M>,
-                "igrad::explain<C> with a CAM method needs a model with features(x) and head(a): "
-                "this model type is not an igrad::FeatureClassifier (see igrad/concepts.hpp, or "
-                "wrap the model with an adapter of igrad/models/adapters.hpp)");
-  return {};
+torch::Tensor explain(const M& model, const torch::Tensor& x, const torch::Tensor& targets = {},
+                      const CamOptions& options = {}, const C& method = C()) {
+  return explain_raw<C>(model, x, targets, options, method);  // whose static_assert says why
 }
 
 /// @brief The fourteen CAM methods igrad ships, as a Hana type list (for ablations, figures and

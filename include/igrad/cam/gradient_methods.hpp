@@ -69,16 +69,10 @@ struct SmoothGradCamPlusPlus {
     const auto& o = request.options;
     detail::require(o.smooth_samples() > 0,
                     "CamOptions::smooth_samples is {}; expected at least 1", o.smooth_samples());
-    detail::require(o.noise_level() >= 0 && std::isfinite(o.noise_level()),
-                    "CamOptions::noise_level is {}; expected a finite value >= 0", o.noise_level());
     const auto& x = request.input;
+    const auto sigma = detail::noise_scale(x, o.noise_level(), "CamOptions::noise_level");
     const auto clean = feature_gradients(request);
     auto generator = detail::noise_generator(o.generator(), o.seed());
-    const auto flat = x.flatten(1);
-    const auto range = (std::get<0>(flat.max(1)) - std::get<0>(flat.min(1)));
-    std::vector<int64_t> sigma_shape(static_cast<size_t>(x.dim()), 1);
-    sigma_shape[0] = x.size(0);
-    const auto sigma = (o.noise_level() * range).view(sigma_shape);
     torch::Tensor g1 = torch::zeros_like(clean.gradients), g2 = torch::zeros_like(g1),
                   g3 = torch::zeros_like(g1);
     for (int64_t s = 0; s < o.smooth_samples(); ++s) {

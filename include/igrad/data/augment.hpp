@@ -23,15 +23,6 @@
 #include <utility>
 #include <vector>
 
-namespace igrad::detail {
-/// Checks that `images` is a batch `[N, C, H, W]`; `what` names the caller.
-inline void require_image_batch(const torch::Tensor& images, const char* what) {
-  require(images.defined() && images.dim() == 4,
-          "{}: images have shape {}; expected a batch [N, C, H, W]", what,
-          images.defined() ? shape_string(images) : "undefined");
-}
-}  // namespace igrad::detail
-
 namespace igrad::data {
 
 /// @addtogroup data_group
@@ -46,7 +37,7 @@ namespace igrad::data {
 /// `−mean/std` for black.
 inline torch::Tensor crop_with_padding(const torch::Tensor& images, int64_t padding,
                                        const torch::Tensor& offsets, double fill = 0.0) {
-  detail::require_image_batch(images, "crop_with_padding");
+  detail::require_images(images, "crop_with_padding: images", detail::ImageValues::any);
   detail::require(padding >= 0, "crop_with_padding: padding {}; expected >= 0", padding);
   const int64_t n = images.size(0), h = images.size(2), w = images.size(3);
   detail::require(offsets.defined() && offsets.dim() == 2 && offsets.size(0) == n &&
@@ -74,7 +65,7 @@ inline torch::Tensor crop_with_padding(const torch::Tensor& images, int64_t padd
 /// @brief Random crop with padding: each image gets offsets drawn uniformly from
 /// {0, …, 2·padding}² (independently per image, on the images' device); see `crop_with_padding`.
 inline torch::Tensor random_crop(const torch::Tensor& images, int64_t padding, double fill = 0.0) {
-  detail::require_image_batch(images, "random_crop");
+  detail::require_images(images, "random_crop: images", detail::ImageValues::any);
   detail::require(padding >= 0, "random_crop: padding {}; expected >= 0", padding);
   const auto offsets = torch::randint(0, 2 * padding + 1, {images.size(0), 2},
                                       torch::TensorOptions().dtype(torch::kLong).device(images.device()));
@@ -84,7 +75,7 @@ inline torch::Tensor random_crop(const torch::Tensor& images, int64_t padding, d
 /// @brief Mirrors left-right the images of `images` `[N, C, H, W]` where `flip` `[N]` (bool) is
 /// true; the others are returned as they are.
 inline torch::Tensor horizontal_flip(const torch::Tensor& images, const torch::Tensor& flip) {
-  detail::require_image_batch(images, "horizontal_flip");
+  detail::require_images(images, "horizontal_flip: images", detail::ImageValues::any);
   detail::require(flip.defined() && flip.dim() == 1 && flip.size(0) == images.size(0),
                          "horizontal_flip: the flip mask has shape {}; expected [{}]",
                          flip.defined() ? detail::shape_string(flip) : "undefined",
@@ -96,7 +87,7 @@ inline torch::Tensor horizontal_flip(const torch::Tensor& images, const torch::T
 /// @brief Mirrors each image left-right with probability `probability` (drawn per image on the
 /// images' device).
 inline torch::Tensor random_horizontal_flip(const torch::Tensor& images, double probability = 0.5) {
-  detail::require_image_batch(images, "random_horizontal_flip");
+  detail::require_images(images, "random_horizontal_flip: images", detail::ImageValues::any);
   detail::require(std::isfinite(probability) && probability >= 0 && probability <= 1,
                          "random_horizontal_flip: probability {}; expected a value in [0, 1]",
                          probability);

@@ -4,6 +4,7 @@
 /// per-channel normalisation that metrics undo before masking images in pixel space.
 
 #include <igrad/detail/tensor_checks.hpp>
+#include <igrad/normalization.hpp>
 #include <igrad/exceptions.hpp>
 
 #include <torch/torch.h>
@@ -17,51 +18,6 @@ namespace igrad::data {
 
 /// @addtogroup data_group
 /// @{
-
-/// @brief Per-channel normalisation `x_norm = (x − mean_c) / std_c` of images with pixels in [0, 1].
-///
-/// Datasets expose theirs so that metrics (SPEC §5) can de-normalise, mask in pixel space and
-/// normalise again. An empty normalisation (no channels) is the identity.
-struct Normalization {
-  std::vector<double> mean;  ///< one value per channel
-  std::vector<double> std;   ///< one value per channel, each > 0
-
-  /// @brief Whether this is the identity (no channels given).
-  bool is_identity() const { return mean.empty(); }
-
-  /// @brief `(x − mean) / std` on `[N, C, H, W]` or `[C, H, W]` images with pixels in [0, 1].
-  torch::Tensor normalize(const torch::Tensor& x) const {
-    if (is_identity()) return x;
-    const auto [m, s] = broadcastable(x);
-    return (x - m) / s;
-  }
-
-  /// @brief `x · std + mean`: back to pixels in [0, 1].
-  torch::Tensor denormalize(const torch::Tensor& x) const {
-    if (is_identity()) return x;
-    const auto [m, s] = broadcastable(x);
-    return x * s + m;
-  }
-
- private:
-  std::pair<torch::Tensor, torch::Tensor> broadcastable(const torch::Tensor& x) const {
-    detail::require(mean.size() == std.size(),
-                    "Normalization has {} means and {} standard deviations; expected one of each "
-                    "per channel",
-                    mean.size(), std.size());
-    detail::require(x.defined() && (x.dim() == 3 || x.dim() == 4),
-                    "images have shape {}; expected [C, H, W] or [N, C, H, W]",
-                    detail::shape_string(x));
-    const int64_t channels = x.size(x.dim() - 3);
-    detail::require(channels == static_cast<int64_t>(mean.size()),
-                    "images have {} channels (shape {}); this normalisation has {}", channels,
-                    detail::shape_string(x), mean.size());
-    const auto options = x.options().dtype(x.is_floating_point() ? x.scalar_type() : torch::kFloat);
-    auto m = torch::tensor(mean, torch::kDouble).to(options).view({channels, 1, 1});
-    auto s = torch::tensor(std, torch::kDouble).to(options).view({channels, 1, 1});
-    return {m, s};
-  }
-};
 
 /// @brief Images and labels held in memory, usable with `torch::data::make_data_loader`.
 ///

@@ -6,7 +6,6 @@
 
 #include <igrad/detail/tensor_checks.hpp>
 #include <igrad/exceptions.hpp>
-#include <igrad/model.hpp>
 
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
@@ -330,8 +329,10 @@ inline void stored_tensors(torch::serialize::InputArchive& archive, const std::s
 /// a load fails at any later point.
 class ModelSnapshot {
  public:
-  /// @brief Copies every parameter and buffer of `model`.
-  explicit ModelSnapshot(const AnyModel& model) : tensors_(model.parameters()) {
+  /// @brief Copies every parameter and buffer of `model` (an `AnyModel`; a template so that
+  /// detail/ does not depend on the public model header).
+  template <class Model>
+  explicit ModelSnapshot(const Model& model) : tensors_(model.parameters()) {
     parameter_count_ = tensors_.size();
     for (auto& b : model.buffers()) tensors_.push_back(b);
     for (const auto& t : tensors_) copies_.push_back(t.detach().clone());
@@ -364,9 +365,10 @@ class ModelSnapshot {
 /// bytes as floats), then shape, dtype and device of each loaded tensor (LibTorch silently adopts
 /// a stored tensor of another shape). On any failure `snapshot` is restored and `DataError`
 /// names the file and the tensor.
-inline void load_model_checked(const AnyModel& model, torch::serialize::InputArchive& archive,
-                               const std::filesystem::path& path, std::string_view what,
-                               ModelSnapshot& snapshot) {
+template <class Model>
+void load_model_checked(const Model& model, torch::serialize::InputArchive& archive,
+                        const std::filesystem::path& path, std::string_view what,
+                        ModelSnapshot& snapshot) {
   std::vector<StoredTensor> stored;
   stored_tensors(archive, "", stored, path, what);
   std::set<c10::ScalarType> model_floating;

@@ -11,7 +11,7 @@
 /// out below. The first-order value itself is LibTorch's, reused unchanged: only the graph
 /// behind it is replaced. The core tests check the result against finite differences.
 
-#include <igrad/rules/backprop_rules.hpp>
+#include <igrad/detail/autograd_graph.hpp>
 
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/function.h>

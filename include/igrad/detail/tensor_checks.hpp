@@ -8,6 +8,7 @@
 
 #include <sstream>
 #include <string>
+#include <string_view>
 
 namespace igrad::detail {
 
@@ -36,6 +37,24 @@ inline void require_rank(const torch::Tensor& t, int64_t rank, std::string_view 
 /// Checks that a floating-point tensor holds only finite values.
 inline void require_finite(const torch::Tensor& t, std::string_view what) {
   require(all_finite(t), "{} contains NaN or infinite values; expected finite values", what);
+}
+
+/// What `require_images` checks beyond the shape.
+enum class ImageValues {
+  any,              ///< only the shape (augmentations accept byte images too)
+  floating_finite,  ///< a floating-point dtype and finite values
+};
+
+/// The one check of an image batch `[N, C, H, W]`: defined and 4-D, and by default floating
+/// point and finite. `what` names the tensor (and its caller) in the message.
+inline void require_images(const torch::Tensor& x, std::string_view what = "images",
+                           ImageValues values = ImageValues::floating_finite) {
+  require(x.defined() && x.dim() == 4, "{} have shape {}; expected images [N, C, H, W]", what,
+          shape_string(x));
+  if (values == ImageValues::any) return;
+  require(x.is_floating_point(), "{} have dtype {}; expected a floating-point tensor", what,
+          std::string(c10::toString(x.scalar_type())));
+  require_finite(x, what);
 }
 
 /// Checks that class indices are a 1-D integer tensor of `n` entries, each in [0, classes).

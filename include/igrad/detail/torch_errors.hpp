@@ -36,12 +36,15 @@ inline bool is_out_of_memory(std::string_view message) {
          message.find("bad_alloc") != std::string_view::npos;
 }
 
-/// Runs `f()` (a forward, features or head call of `model` on `argument`); a LibTorch error
-/// becomes `InvalidArgument` naming the shape the model rejected, and the channel counts when the
-/// images' channels differ from what the model's first convolution takes.
+/// The one model call with error translation: runs `f()` (a forward, features or head call of
+/// `model` on `argument`); a LibTorch error becomes `InvalidArgument` naming the shape the model
+/// rejected (`subject` says what the argument is: "a tensor", "an input batch", "images"), and
+/// the channel counts when the images' channels differ from what the model's first convolution
+/// takes. igrad's own exceptions pass unchanged.
 template <class Model, class F>
 auto call_model_checked(const Model& model, F&& f, std::string_view what,
-                        const torch::Tensor& argument) -> decltype(std::forward<F>(f)()) {
+                        const torch::Tensor& argument, std::string_view subject = "a tensor")
+    -> decltype(std::forward<F>(f)()) {
   try {
     return std::forward<F>(f)();
   } catch (const Error&) {
@@ -52,14 +55,15 @@ auto call_model_checked(const Model& model, F&& f, std::string_view what,
         argument.size(1) != channels) {
       throw InvalidArgument(fmt::format(
           "the images have shape {}, that is {} channels, but the model's first convolution "
-          "expects {} channels; expected images [N, {}, H, W] (grayscale vs RGB?). LibTorch "
-          "said: {}",
-          shape_string(argument), argument.size(1), channels, channels, first_line(e.what())));
+          "takes {} channel(s): it expects {}, not {}; expected images [N, {}, H, W] (grayscale "
+          "vs RGB?). LibTorch said: {}",
+          shape_string(argument), argument.size(1), channels, channels, argument.size(1),
+          channels, first_line(e.what())));
     }
     throw InvalidArgument(fmt::format(
-        "the model's {} rejected a tensor of shape {}; expected the input size the model was "
-        "built for. LibTorch said: {}",
-        what, shape_string(argument), first_line(e.what())));
+        "the model's {} rejected {} of shape {}; expected the input size the model was built "
+        "for. LibTorch said: {}",
+        what, subject, shape_string(argument), first_line(e.what())));
   }
 }
 

@@ -4,6 +4,7 @@
 /// while the most salient pixels are inserted into a blurred copy, or deleted, step by step, and
 /// the area under that curve.
 
+#include <igrad/detail/batched_jobs.hpp>
 #include <igrad/metrics/masking.hpp>
 
 #include <torch/arg.h>
@@ -242,8 +243,10 @@ inline torch::Tensor substrate_images(const torch::Tensor& x, Substrate substrat
 inline torch::Tensor chunked_probabilities(const AnyModel& model, const torch::Tensor& x,
                                            int64_t batch_size) {
   std::vector<torch::Tensor> parts;
-  for (int64_t start = 0; start < x.size(0); start += batch_size)
-    parts.push_back(class_probabilities(model, x.slice(0, start, start + batch_size)));
+  for_each_batch(x.size(0), batch_size, "CausalOptions::batch_size",
+                 [&](int64_t start, int64_t end) {
+                   parts.push_back(class_probabilities(model, x.slice(0, start, end)));
+                 });
   return torch::cat(parts);
 }
 
@@ -304,8 +307,8 @@ inline CausalCurves causal_curves(const AnyModel& model, const torch::Tensor& x,
                                                       .dtype(torch::kDouble)
                                                       .device(device));
   const int64_t total = n_images * points;
-  for (int64_t start = 0; start < total; start += options.batch_size()) {
-    const int64_t end = std::min(total, start + options.batch_size());
+  detail::for_each_batch(total, options.batch_size(), "CausalOptions::batch_size",
+                         [&](int64_t start, int64_t end) {
     const auto flat = torch::arange(start, end, long_options);
     const auto index = torch::div(flat, points, /*rounding_mode=*/"floor");
     const auto changed = (flat.remainder(points) * step).clamp_max(pixels);
@@ -315,7 +318,7 @@ inline CausalCurves causal_curves(const AnyModel& model, const torch::Tensor& x,
         torch::where(mask, after.index_select(0, index), before.index_select(0, index));
     curves.slice(0, start, end).copy_(detail::probability_of(
         detail::class_probabilities(model, step_images), c.index_select(0, index)));
-  }
+  });
   curves = curves.view({n_images, points});
   auto pixel_counts = (torch::arange(points, torch::kLong) * step).clamp_max(pixels);
   return {c, curves, pixel_counts, trapezoid_auc(curves)};

@@ -3,6 +3,8 @@
 /// @brief One call that evaluates a model's explanation methods over a dataset and returns the
 /// method × metric table (SPEC §5).
 
+#include <igrad/detail/batched_jobs.hpp>
+#include <igrad/detail/progress_line.hpp>
 #include <igrad/detail/tensor_checks.hpp>
 #include <igrad/exceptions.hpp>
 #include <igrad/metrics/causal.hpp>
@@ -88,46 +90,34 @@ namespace detail {
 class EvaluationProgress {
  public:
   EvaluationProgress(const EvaluationOptions& options, std::optional<int64_t> total_batches)
-      : stream_(options.progress() ? options.progress_stream() : nullptr),
+      : line_(options.progress() ? options.progress_stream() : nullptr),
         total_(total_batches),
-        tty_(stream_ != nullptr && ::isatty(::fileno(stream_)) != 0),
         start_(std::chrono::steady_clock::now()) {}
 
   void batch_done(int64_t images) {
     ++batches_;
     images_ += images;
-    if (stream_ == nullptr) return;
-    if (tty_) {
-      const auto now = std::chrono::steady_clock::now();
-      if (now - last_draw_ < std::chrono::milliseconds(100)) return;
-      last_draw_ = now;
-      std::fputs(fmt::format("\r{}\x1b[K", line()).c_str(), stream_);
-      std::fflush(stream_);
+    if (!line_.enabled()) return;
+    if (line_.is_terminal()) {
+      line_.redraw([&] { return line(); });
     } else if (total_ && *total_ > 0) {
       const int64_t decile = batches_ * 10 / *total_;
       if (decile > last_decile_ && batches_ < *total_) {
         last_decile_ = decile;
-        std::fputs(fmt::format("{}\n", line()).c_str(), stream_);
-        std::fflush(stream_);
+        line_.print_line(line());
       }
     }
   }
 
-  void finish() {
-    if (stream_ == nullptr) return;
-    std::fputs(fmt::format("{}{}\n", tty_ ? "\r\x1b[K" : "", line()).c_str(), stream_);
-    std::fflush(stream_);
-  }
+  void finish() { line_.print_line(line()); }
 
  private:
   std::string line() const {
     const double elapsed =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-    std::string bar, eta;
+    const std::string bar = detail::progress_bar_text(batches_, total_);
+    std::string eta;
     if (total_ && *total_ > 0) {
-      const double done = static_cast<double>(batches_) / static_cast<double>(*total_);
-      const int width = 24, filled = std::min(width, static_cast<int>(done * width + 0.5));
-      bar = fmt::format("[{}{}] ", std::string(filled, '#'), std::string(width - filled, '.'));
       if (batches_ > 0 && batches_ < *total_)
         eta = fmt::format(" ETA {:.0f} s", elapsed / batches_ * (*total_ - batches_));
     }
@@ -136,10 +126,9 @@ class EvaluationProgress {
                        eta);
   }
 
-  std::FILE* stream_;
+  ProgressLine line_;
   std::optional<int64_t> total_;
-  bool tty_;
-  std::chrono::steady_clock::time_point start_, last_draw_{};
+  std::chrono::steady_clock::time_point start_;
   int64_t batches_ = 0, images_ = 0, last_decile_ = 0;
 };
 
@@ -288,12 +277,14 @@ inline MetricsTable evaluate(const AnyModel& model, const std::vector<Explainer>
   return detail::evaluate_batches(
       model, explainers,
       [&](auto&& visit) {
-        for (int64_t start = 0; start < n; start += b) {
-          EvaluationBatch batch{data.images.slice(0, start, start + b),
-                                data.labels.slice(0, start, start + b)};
-          if (data.regions.defined()) batch.regions = data.regions.slice(0, start, start + b);
-          visit(batch);
-        }
+        detail::for_each_batch(n, b, "EvaluationOptions::batch_size",
+                               [&](int64_t start, int64_t end) {
+                                 EvaluationBatch batch{data.images.slice(0, start, end),
+                                                       data.labels.slice(0, start, end)};
+                                 if (data.regions.defined())
+                                   batch.regions = data.regions.slice(0, start, end);
+                                 visit(batch);
+                               });
       },
       (n + b - 1) / b, options);
 }

@@ -4,8 +4,10 @@
 /// the choice of class, input validation and class probabilities (SPEC §5).
 
 #include <igrad/detail/tensor_checks.hpp>
+#include <igrad/detail/torch_errors.hpp>
 #include <igrad/exceptions.hpp>
 #include <igrad/model.hpp>
+#include <igrad/normalization.hpp>
 
 #include <fmt/format.h>
 #include <torch/arg.h>
@@ -27,33 +29,6 @@ namespace igrad {
 /// localisation (pointing game) metrics of saliency maps, and the evaluation table (SPEC §5).
 /// @{
 
-/// @brief The per-channel normalisation a dataset's images went through: `x = (pixel − mean) / std`.
-///
-/// Metrics that mask an image must multiply *pixels* by the map, not normalised values (masking a
-/// normalised value by 0 gives the dataset mean, not black). With a normalisation the metrics
-/// de-normalise, multiply by the map, and re-normalise. Either one value per channel, or a single
-/// value for every channel (e.g. Fashion-MNIST: mean 0.2860, std 0.3530); both empty is the
-/// identity. Converts implicitly from any type with `mean` and `std` vectors, such as the data
-/// module's `igrad::Normalization`, so `options.normalization(dataset.normalization())` works.
-struct DatasetNormalization {
-  std::vector<double> mean;  ///< per-channel mean, or one value for all channels
-  std::vector<double> std;   ///< per-channel standard deviation (> 0), or one value
-
-  /// @brief The identity (no normalisation).
-  DatasetNormalization() = default;
-  /// @brief A normalisation from its per-channel (or common) mean and std.
-  DatasetNormalization(std::vector<double> mean_values, std::vector<double> std_values)
-      : mean(std::move(mean_values)), std(std::move(std_values)) {}
-  /// @brief Copies the mean and std of another normalisation type (e.g. `igrad::Normalization`).
-  template <class Other>
-    requires(!std::same_as<Other, DatasetNormalization>) && requires(const Other& other) {
-      { other.mean } -> std::convertible_to<std::vector<double>>;
-      { other.std } -> std::convertible_to<std::vector<double>>;
-    }
-  DatasetNormalization(const Other& other)  // NOLINT(google-explicit-constructor): same data
-      : mean(other.mean), std(other.std) {}
-};
-
 /// @brief Which class a metric scores for each image.
 enum class TargetClass {
   label,      ///< the given class indices (the ground truth, SPEC §5's default)
@@ -70,40 +45,12 @@ struct MaskingOptions {
 
 namespace detail {
 
-/// Mean and std shaped `[1, C, 1, 1]` on `like`'s device and dtype, checked against `channels`.
+/// Mean and std shaped `[1, C, 1, 1]` on `like`'s device and dtype, checked against `channels`
+/// (`DatasetNormalization::channel_tensors`).
 inline std::pair<torch::Tensor, torch::Tensor> normalization_tensors(
     const DatasetNormalization& n, int64_t channels, const torch::Tensor& like) {
-  if (n.mean.empty() && n.std.empty())  // the identity
-    return {torch::zeros({1, channels, 1, 1}, like.options()),
-            torch::ones({1, channels, 1, 1}, like.options())};
-  const auto check = [&](const std::vector<double>& v, std::string_view what) {
-    require(v.size() == 1 || static_cast<int64_t>(v.size()) == channels,
-            "the normalisation's {} has {} values for images with {} channel(s); expected one "
-            "value per channel, or a single value for all",
-            what, v.size(), channels);
-    for (double value : v)
-      require(std::isfinite(value), "the normalisation's {} holds {}; expected finite values",
-              what, value);
-  };
-  check(n.mean, "mean");
-  check(n.std, "std");
-  for (double s : n.std)
-    require(s > 0, "the normalisation's std holds {}; expected values > 0", s);
-  const auto shaped = [&](const std::vector<double>& v) {
-    auto t = torch::tensor(v, torch::TensorOptions().dtype(torch::kDouble))
-                 .to(like.device(), like.scalar_type());
-    return t.numel() == 1 ? t.view({1, 1, 1, 1}).expand({1, channels, 1, 1}).contiguous()
-                          : t.view({1, channels, 1, 1});
-  };
-  return {shaped(n.mean), shaped(n.std)};
-}
-
-/// Checks a batch of images `[N, C, H, W]`: defined, 4-D, floating point, finite.
-inline void require_images(const torch::Tensor& x, std::string_view what = "images") {
-  require_rank(x, 4, what, "[N, C, H, W]");
-  require(x.is_floating_point(), "{} have dtype {}; expected a floating-point tensor", what,
-          std::string(c10::toString(x.scalar_type())));
-  require_finite(x, what);
+  const auto [mean, std] = n.channel_tensors(channels, like);
+  return {mean.view({1, channels, 1, 1}), std.view({1, channels, 1, 1})};
 }
 
 /// The maps as `[N, H, W]` (a `[N, 1, H, W]` map is accepted and squeezed), checked to be
@@ -148,25 +95,11 @@ inline torch::ScalarType model_input_dtype(const AnyModel& model, torch::ScalarT
   return parameters.empty() ? fallback : parameters.front().scalar_type();
 }
 
-/// The model's logits of `input`, with LibTorch's errors (e.g. a convolution that takes fewer
-/// channels than the images have, issue 14) turned into an `InvalidArgument` that names the shape
-/// the model got and, where its first convolution shows it, the channels it takes.
+/// The model's logits of `input`; LibTorch's errors (e.g. a convolution that takes fewer
+/// channels than the images have, issue 14) become an `InvalidArgument` (`call_model_checked`).
 inline torch::Tensor metric_forward(const AnyModel& model, const torch::Tensor& input) {
-  try {
-    return model.forward(input);
-  } catch (const c10::Error& e) {  // LibTorch's checks only: igrad's own errors pass through
-    std::string expected = "images of the size and channels the model was built for";
-    for (const auto& p : model.parameters()) {
-      if (p.dim() != 4) continue;  // the first 4-D parameter: the first convolution's weight
-      if (p.size(1) != input.size(1))
-        expected = fmt::format("images with {} channel(s): the model's first convolution takes {} "
-                               "channel(s)", p.size(1), p.size(1));
-      break;
-    }
-    throw InvalidArgument(fmt::format("the model rejected images of shape {}; expected {}. "
-                                      "LibTorch said: {}", shape_string(input), expected,
-                                      first_line(e.what_without_backtrace())));
-  }
+  return call_model_checked(model, [&] { return model.forward(input); }, "forward", input,
+                            "images");
 }
 
 /// Softmax probabilities `[N, K]` (double, on `x`'s device) of a batch; checks that the logits

@@ -66,7 +66,7 @@ AnyModel from_callables(Owner owner, Features features, Head head) {
   }
   detail::require(module != nullptr, "from_callables() got an empty owner module; expected the "
                                      "module that owns the callables' parameters");
-  AnyModel::Functions f;
+  auto f = AnyModel::Functions::of_module(module);
   auto shared_features = std::make_shared<Features>(std::move(features));
   auto shared_head = std::make_shared<Head>(std::move(head));
   f.features = [shared_features](const torch::Tensor& x) {
@@ -76,12 +76,6 @@ AnyModel from_callables(Owner owner, Features features, Head head) {
   f.forward = [shared_features, shared_head](const torch::Tensor& x) {
     return torch::Tensor((*shared_head)(torch::Tensor((*shared_features)(x))));
   };
-  f.parameters = [module] { return module->parameters(); };
-  f.buffers = [module] { return module->buffers(); };
-  f.train = [module](bool on) { module->train(on); };
-  f.is_training = [module] { return module->is_training(); };
-  f.save = [module](torch::serialize::OutputArchive& a) { module->save(a); };
-  f.load = [module](torch::serialize::InputArchive& a) { module->load(a); };
   return AnyModel(std::move(f));
 }
 

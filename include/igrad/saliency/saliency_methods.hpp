@@ -4,8 +4,15 @@
 /// pixels, computed with igrad's backprop rules (`input_gradient<R>`), and their reduction to
 /// `[N, H, W]` maps.
 
-#include <igrad/cam/cam_method.hpp>
 #include <igrad/concepts.hpp>
+#include <igrad/detail/batched_jobs.hpp>
+#include <igrad/detail/maps.hpp>
+#include <igrad/detail/model_calls.hpp>
+#include <igrad/detail/noise.hpp>
+#include <igrad/detail/tensor_checks.hpp>
+#include <igrad/detail/torch_errors.hpp>
+#include <igrad/exceptions.hpp>
+#include <igrad/model.hpp>
 #include <igrad/rules/input_gradient.hpp>
 #include <igrad/saliency/quadrature.hpp>
 
@@ -104,14 +111,22 @@ torch::Tensor chunked_target_gradient(const AnyModel& model, const torch::Tensor
     return g;
   }
   auto result = torch::empty_like(inputs);
-  for (int64_t start = 0; start < rows; start += chunk) {
-    const int64_t end = std::min(rows, start + chunk);
+  for_each_batch(rows, chunk, "SaliencyOptions::batch_size", [&](int64_t start, int64_t end) {
     result.slice(0, start, end)
         .copy_(input_gradient<R>(model, inputs.slice(0, start, end), targets.slice(0, start, end),
                                  options));
     if (progress != nullptr) progress->advance(end - start);
-  }
+  });
   return result;
+}
+
+/// The attributions of the gradient-type methods (Gradient, Guided Backprop, Deconvnet): `∂y^c/∂x`
+/// under rule `R`, `SaliencyOptions::batch_size` inputs per pass, each pass reported.
+template <BackpropRule R>
+torch::Tensor rule_attributions(const SaliencyRequest& request) {
+  SaliencyProgress progress(request.options, request.input.size(0));
+  return chunked_target_gradient<R>(request.model, request.input, request.targets,
+                                    saliency_chunk(request.options), &progress);
 }
 
 }  // namespace detail
@@ -132,10 +147,7 @@ struct Gradient {
   static constexpr const char* name = "Gradient";  ///< display name
   /// @brief Input-shaped attributions.
   torch::Tensor operator()(const SaliencyRequest& request) const {
-    detail::SaliencyProgress progress(request.options, request.input.size(0));
-    return detail::chunked_target_gradient<StandardReLU>(request.model, request.input, request.targets,
-                                                  detail::saliency_chunk(request.options),
-                                                  &progress);
+    return detail::rule_attributions<StandardReLU>(request);
   }
 };
 
@@ -145,10 +157,7 @@ struct GuidedBackprop {
   static constexpr const char* name = "Guided Backprop";  ///< display name
   /// @brief Input-shaped attributions.
   torch::Tensor operator()(const SaliencyRequest& request) const {
-    detail::SaliencyProgress progress(request.options, request.input.size(0));
-    return detail::chunked_target_gradient<GuidedReLU>(request.model, request.input, request.targets,
-                                                  detail::saliency_chunk(request.options),
-                                                  &progress);
+    return detail::rule_attributions<GuidedReLU>(request);
   }
 };
 
@@ -158,10 +167,7 @@ struct Deconvnet {
   static constexpr const char* name = "Deconvnet";  ///< display name
   /// @brief Input-shaped attributions.
   torch::Tensor operator()(const SaliencyRequest& request) const {
-    detail::SaliencyProgress progress(request.options, request.input.size(0));
-    return detail::chunked_target_gradient<DeconvReLU>(request.model, request.input, request.targets,
-                                                  detail::saliency_chunk(request.options),
-                                                  &progress);
+    return detail::rule_attributions<DeconvReLU>(request);
   }
 };
 
@@ -176,18 +182,11 @@ struct SmoothGrad {
     const auto& o = request.options;
     detail::require(o.samples() > 0, "SaliencyOptions::samples is {}; expected at least 1",
                     o.samples());
-    detail::require(o.noise_level() >= 0 && std::isfinite(o.noise_level()),
-                    "SaliencyOptions::noise_level is {}; expected a finite value >= 0",
-                    o.noise_level());
-    const int64_t chunk = detail::saliency_chunk(o);
     const auto& x = request.input;
+    const auto sigma = detail::noise_scale(x, o.noise_level(), "SaliencyOptions::noise_level");
+    const int64_t chunk = detail::saliency_chunk(o);
     const int64_t n = x.size(0);
     auto generator = detail::noise_generator(o.generator(), o.seed());
-    const auto flat = x.flatten(1);
-    std::vector<int64_t> per_sample(static_cast<size_t>(x.dim()), 1);
-    per_sample[0] = n;
-    const auto sigma =
-        (o.noise_level() * (std::get<0>(flat.max(1)) - std::get<0>(flat.min(1)))).view(per_sample);
     // The noise is drawn one whole-batch copy at a time, in copy order, so that it does not
     // depend on the chunk size; images are then differentiated `chunk` at a time, with as many
     // noisy copies per pass as fit when the batch is smaller than a chunk.
@@ -369,8 +368,8 @@ template <SaliencyMethod S>
 torch::Tensor explain(const AnyModel& model, const torch::Tensor& x,
                       const torch::Tensor& targets = {}, const SaliencyOptions& options = {},
                       const S& method = S()) {
-  detail::require(x.defined() && x.dim() == 4, "{}: input has shape {}; expected [N, C, H, W]",
-                  S::name, detail::shape_string(x));
+  detail::require_images(x, fmt::format("{}: the input images", S::name),
+                         detail::ImageValues::any);
   return saliency_map(attribute<S>(model, x, targets, options, method));
 }
 

@@ -178,6 +178,37 @@ class ModelGuard {
   std::vector<torch::Tensor> params_, values_, grads_, buffers_, buffer_values_;
 };
 
+/// The law both kinds of method share: two calls on the same batch give the same result, and
+/// (with `ConformanceOptions::batch_consistency`) a batch gives what its inputs give one by one.
+/// `run(inputs, targets)` computes a result (undefined targets: the predictions); `differ_twice`
+/// and `differ_alone` say what broke each law, `call` names the entry point.
+template <class Run>
+void check_deterministic_and_batch_independent(LawBook& book, const ModelGuard& guard,
+                                               const AnyModel& model, const torch::Tensor& x,
+                                               const ConformanceOptions& options,
+                                               const std::string& differ_twice,
+                                               const std::string& differ_alone,
+                                               const std::string& call, Run&& run) {
+  book.run("deterministic and batch-independent", [&] {
+    const auto first = run(x, torch::Tensor());
+    const auto second = run(x, torch::Tensor());
+    book.expect(close(first, second, options), differ_twice);
+    if (options.batch_consistency()) {
+      torch::Tensor targets;
+      {
+        torch::NoGradGuard no_grad;
+        TrainingModeGuard evaluation(model, false);
+        targets = model.forward(x.to(model.device(), model.dtype())).argmax(1);
+      }
+      std::vector<torch::Tensor> alone;
+      for (int64_t i = 0; i < x.size(0); ++i)
+        alone.push_back(run(x.slice(0, i, i + 1), targets.slice(0, i, i + 1)));
+      book.expect(close(first, torch::cat(alone), options), differ_alone);
+    }
+    guard.check(book, call);
+  });
+}
+
 }  // namespace detail
 
 /// @brief Checks the laws of `ErrorFunction` for `error` (see the concept): `[N]` floating-point
@@ -380,29 +411,16 @@ ConformanceReport check_cam_method(const AnyModel& model, const torch::Tensor& x
                 "explain returned values outside [0, 1]");
     guard.check(book, "explain");
   });
-  book.run("deterministic and batch-independent", [&] {
-    const auto first = explain_raw<C>(model, x, {}, cam_options, method);
-    const auto second = explain_raw<C>(model, x, {}, cam_options, method);
-    book.expect(detail::close(first, second, options),
-                "two calls on the same batch gave different maps; expected the same maps (draw "
-                "noise from CamOptions::seed or generator)");
-    if (options.batch_consistency()) {
-      torch::Tensor targets;
-      {
-        torch::NoGradGuard no_grad;
-        TrainingModeGuard evaluation(model, false);
-        targets = model.forward(x.to(model.device(), model.dtype())).argmax(1);
-      }
-      std::vector<torch::Tensor> alone;
-      for (int64_t i = 0; i < n; ++i)
-        alone.push_back(explain_raw<C>(model, x.slice(0, i, i + 1), targets.slice(0, i, i + 1),
-                                       cam_options, method));
-      book.expect(detail::close(first, torch::cat(alone), options),
-                  "the maps of a batch differ from those of its images one by one; expected "
-                  "each image's map to depend on that image only");
-    }
-    guard.check(book, "explain_raw");
-  });
+  detail::check_deterministic_and_batch_independent(
+      book, guard, model, x, options,
+      "two calls on the same batch gave different maps; expected the same maps (draw noise from "
+      "CamOptions::seed or generator)",
+      "the maps of a batch differ from those of its images one by one; expected each image's map "
+      "to depend on that image only",
+      "explain_raw",
+      [&](const torch::Tensor& inputs, const torch::Tensor& targets) {
+        return explain_raw<C>(model, inputs, targets, cam_options, method);
+      });
   book.expect(torch::equal(x, input_copy), "the input batch changed; expected it untouched");
   return book.take();
 }
@@ -417,7 +435,6 @@ ConformanceReport check_saliency_method(const AnyModel& model, const torch::Tens
                                         const SaliencyOptions& saliency_options = {},
                                         const S& method = S()) {
   detail::LawBook book(S::name);
-  const int64_t n = x.size(0);
   detail::ModelGuard guard(model);
   model.train(true);
   const auto input_copy = x.clone();
@@ -436,29 +453,16 @@ ConformanceReport check_saliency_method(const AnyModel& model, const torch::Tens
                 "it returned non-finite attributions");
     guard.check(book, "calling it");
   });
-  book.run("deterministic and batch-independent", [&] {
-    const auto first = attribute<S>(model, x, {}, saliency_options, method);
-    const auto second = attribute<S>(model, x, {}, saliency_options, method);
-    book.expect(detail::close(first, second, options),
-                "two calls on the same batch gave different attributions; expected the same "
-                "result (draw noise from SaliencyOptions::seed or generator)");
-    if (options.batch_consistency()) {
-      torch::Tensor targets;
-      {
-        torch::NoGradGuard no_grad;
-        TrainingModeGuard evaluation(model, false);
-        targets = model.forward(x.to(model.device(), model.dtype())).argmax(1);
-      }
-      std::vector<torch::Tensor> alone;
-      for (int64_t i = 0; i < n; ++i)
-        alone.push_back(attribute<S>(model, x.slice(0, i, i + 1), targets.slice(0, i, i + 1),
-                                     saliency_options, method));
-      book.expect(detail::close(first, torch::cat(alone), options),
-                  "the attributions of a batch differ from those of its inputs one by one; "
-                  "expected each input's attributions to depend on that input only");
-    }
-    guard.check(book, "attribute");
-  });
+  detail::check_deterministic_and_batch_independent(
+      book, guard, model, x, options,
+      "two calls on the same batch gave different attributions; expected the same result (draw "
+      "noise from SaliencyOptions::seed or generator)",
+      "the attributions of a batch differ from those of its inputs one by one; expected each "
+      "input's attributions to depend on that input only",
+      "attribute",
+      [&](const torch::Tensor& inputs, const torch::Tensor& targets) {
+        return attribute<S>(model, inputs, targets, saliency_options, method);
+      });
   book.expect(torch::equal(x, input_copy), "the input batch changed; expected it untouched");
   return book.take();
 }
