@@ -414,11 +414,11 @@ std::vector<RunResult> read_runs(const Config& c, const fs::path& dir) {
 struct Comparison {
   std::string error;
   double lambda = 0;
-  std::vector<uint64_t> seeds;
+  std::vector<uint64_t> seeds{};
   /// Per quantity ("accuracy", "Grad-CAM/AD", ...), in the order of `quantities`.
-  std::vector<std::string> quantities;
-  std::vector<double> baseline_mean, treated_mean;
-  std::vector<igrad::stats::PairedDifference> difference;
+  std::vector<std::string> quantities{};
+  std::vector<double> baseline_mean{}, treated_mean{};
+  std::vector<igrad::stats::PairedDifference> difference{};
   int better = 0, worse = 0, indistinguishable = 0;  // over the explanation metrics
 
   const igrad::stats::PairedDifference& of(const std::string& quantity) const {
