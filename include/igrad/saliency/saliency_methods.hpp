@@ -28,13 +28,14 @@ namespace igrad {
 /// @brief Hyper-parameters of the input-space methods, with chained setters:
 /// `SaliencyOptions().steps(200).integration(Integration::riemann_trapezoid)`.
 struct SaliencyOptions {
-  /// SmoothGrad: number m of noisy copies (SPEC §4: 25).
+  /// SmoothGrad, SmoothGradSquared, VarGrad: number m of noisy copies (SPEC §4: 25).
   TORCH_ARG(int64_t, samples) = 25;
-  /// SmoothGrad: noise σ as a fraction of each image's range, `σ = level (max x − min x)`.
+  /// SmoothGrad, SmoothGradSquared, VarGrad: noise σ as a fraction of each image's range,
+  /// `σ = level (max x − min x)` (captum's `stdevs` is the absolute σ: docs/reference.md).
   TORCH_ARG(double, noise_level) = 0.15;
-  /// SmoothGrad: seed of the noise when no `generator` is given (the global RNG is never used).
+  /// SmoothGrad and its noise modes: seed of the noise when no `generator` is given (the global RNG is never used).
   TORCH_ARG(uint64_t, seed) = 0;
-  /// SmoothGrad: a CPU generator to draw the noise from instead of `seed` (it advances).
+  /// SmoothGrad and its noise modes: a CPU generator to draw the noise from instead of `seed` (it advances).
   TORCH_ARG(c10::optional<torch::Generator>, generator) = c10::nullopt;
   /// Integrated gradients: number n of points on the path (captum's default: 50).
   TORCH_ARG(int64_t, steps) = 50;
@@ -50,7 +51,7 @@ struct SaliencyOptions {
   /// whatever the chunk).
   TORCH_ARG(int64_t, batch_size) = 64;
   /// Called as `progress(done, total)` after each pass, counting differentiated inputs: N for
-  /// the gradient methods, N · samples for SmoothGrad, N · steps for integrated gradients.
+  /// the gradient methods, N · samples for SmoothGrad and its noise modes, N · steps for integrated gradients.
   TORCH_ARG(std::function<void(int64_t, int64_t)>, progress) = nullptr;
 };
 
