@@ -270,8 +270,8 @@ concept CamMethod = std::default_initializable<C> && std::copy_constructible<C> 
 /// - a batch gives the attributions of its images one by one, the same request the same result;
 /// - it touches no parameter's `.grad`, no buffer, neither the input nor the model's mode.
 ///
-/// **Models igrad ships**: `Gradient`, `GuidedBackprop`, `Deconvnet`, `SmoothGrad`,
-/// `IntegratedGradients` (`all_saliency_methods`).
+/// **Models igrad ships**: `Gradient`, `GuidedBackprop`, `Deconvnet`, `InputXGradient`,
+/// `SmoothGrad`, `SmoothGradSquared`, `VarGrad`, `IntegratedGradients` (`all_saliency_methods`).
 ///
 /// **Example**:
 /// @snippet doc_snippets.cpp saliency_method

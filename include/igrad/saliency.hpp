@@ -1,7 +1,8 @@
 #pragma once
 /// @file saliency.hpp
 /// @brief Sub-umbrella: input-space saliency (SPEC §4) — `SaliencyMethod`, Gradient,
-/// GuidedBackprop, Deconvnet, SmoothGrad, IntegratedGradients, `attribute`, `saliency_map`,
+/// GuidedBackprop, Deconvnet, InputXGradient, SmoothGrad, SmoothGradSquared, VarGrad,
+/// IntegratedGradients, `attribute`, `saliency_map`,
 /// `explain`, and the quadrature rules.
 
 #include <igrad/saliency/quadrature.hpp>

@@ -36,7 +36,9 @@ torch::Tensor tiny_images() {
 template <class P>
 constexpr bool draws_batch_noise = std::is_same_v<P, igrad::SmoothGradCamPlusPlus> ||
                                    std::is_same_v<P, igrad::SSCam> ||
-                                   std::is_same_v<P, igrad::SmoothGrad>;
+                                   std::is_same_v<P, igrad::SmoothGrad> ||
+                                   std::is_same_v<P, igrad::SmoothGradSquared> ||
+                                   std::is_same_v<P, igrad::VarGrad>;
 
 template <class P>
 igrad::testing::ConformanceOptions options_for() {
@@ -116,7 +118,7 @@ TEST_CASE("conformance: every shipped saliency method keeps the SaliencyMethod l
     CHECK(report.ok());
     ++checked;
   });
-  CHECK(checked == 5);
+  CHECK(checked == 8);
 }
 
 // ---------------------------------------------------------------------------------------------

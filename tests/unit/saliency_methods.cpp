@@ -244,5 +244,119 @@ TEST_CASE("saliency: misuse and the shipped list") {
     CHECK(a.sizes() == torch::IntArrayRef({2, 1, 6, 6}));
     ++count;
   });
-  CHECK(count == 5);
+  CHECK(count == 8);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input × Gradient, SmoothGrad² and VarGrad (captum's InputXGradient and NoiseTunnel modes).
+
+namespace {
+
+/// `∂y^{t_i}/∂x` of each image of `x` on its own, one backward per image: an independent
+/// formulation of the target gradient.
+torch::Tensor gradients_one_by_one(TinyConv& net, const torch::Tensor& x, const torch::Tensor& t) {
+  std::vector<torch::Tensor> rows;
+  for (int64_t i = 0; i < x.size(0); ++i) {
+    const auto input = x.slice(0, i, i + 1).clone().requires_grad_(true);
+    const auto y = net->forward(input)[0][t[i].item<int64_t>()];
+    rows.push_back(torch::autograd::grad({y}, {input})[0]);
+  }
+  return torch::cat(rows, 0);
+}
+
+}  // namespace
+
+TEST_CASE("saliency: Input x Gradient is x times the weight row for a linear model, per image") {
+  torch::manual_seed(21);
+  LinearNet linear;
+  linear->to(torch::kDouble);
+  const auto x = torch::randn({3, 1, 2, 2}, torch::kDouble);
+  const auto t = torch::tensor({2, 0, 1}, torch::kLong);
+  const auto a = igrad::attribute<igrad::InputXGradient>(linear, x, t, igrad::SaliencyOptions().batch_size(2));
+  for (int64_t i = 0; i < 3; ++i) {
+    const auto row = linear->fc->weight[t[i].item<int64_t>()];
+    for (int64_t k = 0; k < 4; ++k)
+      CHECK(a[i].view({4})[k].item<double>() ==
+            doctest::Approx(x[i].view({4})[k].item<double>() * row[k].item<double>()).epsilon(1e-12));
+  }
+  // A ReLU network: x ⊙ (per-image autograd gradient), batch equal to single images, the model's
+  // mode and parameters' .grad untouched even when called in training mode.
+  auto net = make_net(22);
+  net->train();
+  const auto xs = images(4, 23);
+  const auto ts = torch::tensor({0, 1, 2, 1}, torch::kLong);
+  const auto batch = igrad::attribute<igrad::InputXGradient>(net, xs, ts, igrad::SaliencyOptions().batch_size(3));
+  CHECK(net->is_training());
+  for (const auto& p : net->parameters()) CHECK_FALSE(p.grad().defined());
+  net->eval();
+  CHECK(max_abs_diff(batch, xs * gradients_one_by_one(net, xs, ts)) < 1e-12);
+  CHECK(max_abs_diff(batch, igrad::attribute<igrad::Gradient>(net, xs, ts)) > 1e-6);
+  for (int64_t i = 0; i < 4; ++i)
+    CHECK(max_abs_diff(batch[i], igrad::attribute<igrad::InputXGradient>(net, xs.slice(0, i, i + 1), ts.slice(0, i, i + 1))[0]) < 1e-12);
+}
+
+TEST_CASE("saliency: SmoothGrad squared and VarGrad equal the moments of hand-drawn noisy gradients") {
+  // Linear model: every copy's gradient is the weight row, so SmoothGrad² = W_c², VarGrad = 0.
+  torch::manual_seed(24);
+  LinearNet linear;
+  linear->to(torch::kDouble);
+  const auto x = torch::randn({2, 1, 2, 2}, torch::kDouble);
+  const auto t = torch::tensor({1, 2}, torch::kLong);
+  const auto options = igrad::SaliencyOptions().samples(6).seed(3);
+  const auto squared = igrad::attribute<igrad::SmoothGradSquared>(linear, x, t, options);
+  const auto variance = igrad::attribute<igrad::VarGrad>(linear, x, t, options);
+  for (int64_t i = 0; i < 2; ++i)
+    CHECK(max_abs_diff(squared[i].view({4}), linear->fc->weight[t[i].item<int64_t>()].square()) < 1e-12);
+  CHECK(variance.abs().max().item<double>() < 1e-12);
+
+  // ReLU network: draw the copies here as documented (one whole-batch standard normal draw per
+  // copy, float, from a CPU generator seeded with `seed`; σ = level · (max x − min x) per
+  // image), take each copy's gradient image by image, and form the moments by hand.
+  auto net = make_net(25);
+  const auto xs = images(3, 26) * 2;
+  const auto ts = torch::tensor({2, 0, 1}, torch::kLong);
+  const int64_t m = 5;
+  const double level = 0.2;
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(7);
+  std::vector<torch::Tensor> copies;
+  for (int64_t k = 0; k < m; ++k) {
+    const auto e = torch::randn(xs.sizes(), generator, torch::dtype(torch::kFloat)).to(torch::kDouble);
+    auto noisy = xs.clone();
+    for (int64_t i = 0; i < 3; ++i) {
+      const double sigma = level * (xs[i].max().item<double>() - xs[i].min().item<double>());
+      noisy[i] += sigma * e[i];
+    }
+    copies.push_back(gradients_one_by_one(net, noisy, ts));
+  }
+  auto sum = torch::zeros_like(xs), sum_squares = torch::zeros_like(xs);
+  for (const auto& g : copies) {
+    sum += g;
+    sum_squares += g * g;
+  }
+  const auto mean = sum / m, mean_squares = sum_squares / m;
+  auto spread = torch::zeros_like(xs);  // Σ (g − mean)² / m, the two-pass variance
+  for (const auto& g : copies) spread += (g - mean) * (g - mean);
+  spread /= m;
+  CHECK(spread.max().item<double>() > 1e-6);  // the noise does move the gradient
+
+  net->train();
+  for (const int64_t chunk : {1, 4, 64}) {
+    CAPTURE(chunk);
+    const auto o = igrad::SaliencyOptions().samples(m).noise_level(level).seed(7).batch_size(chunk);
+    CHECK(max_abs_diff(igrad::attribute<igrad::SmoothGrad>(net, xs, ts, o), mean) < 1e-12);
+    CHECK(max_abs_diff(igrad::attribute<igrad::SmoothGradSquared>(net, xs, ts, o), mean_squares) < 1e-12);
+    CHECK(max_abs_diff(igrad::attribute<igrad::VarGrad>(net, xs, ts, o), spread) < 1e-12);
+  }
+  CHECK(net->is_training());
+  for (const auto& p : net->parameters()) CHECK_FALSE(p.grad().defined());
+
+  // An explicit generator is used (and advances); bad options are igrad exceptions.
+  auto given = at::make_generator<at::CPUGeneratorImpl>(7);
+  const auto with_generator = igrad::SaliencyOptions().samples(m).noise_level(level).generator(given);
+  CHECK(max_abs_diff(igrad::attribute<igrad::VarGrad>(net, xs, ts, with_generator), spread) < 1e-12);
+  CHECK(max_abs_diff(igrad::attribute<igrad::VarGrad>(net, xs, ts, with_generator), spread) > 1e-8);
+  CHECK_THROWS_AS(igrad::attribute<igrad::SmoothGradSquared>(net, xs, ts, igrad::SaliencyOptions().samples(0)), igrad::InvalidArgument);
+  CHECK_THROWS_AS(igrad::attribute<igrad::VarGrad>(net, xs, ts, igrad::SaliencyOptions().noise_level(-1)), igrad::InvalidArgument);
+  const auto maps = igrad::explain<igrad::VarGrad>(net, xs, ts, igrad::SaliencyOptions().samples(3));
+  CHECK(maps.sizes() == torch::IntArrayRef({3, 6, 6}));
 }

@@ -13,7 +13,8 @@
 namespace igrad {
 
 /// @defgroup saliency_group Input-space saliency
-/// @brief Gradient, guided backprop, deconvnet, SmoothGrad and integrated gradients (SPEC §4).
+/// @brief Gradient, guided backprop, deconvnet, input × gradient, SmoothGrad, SmoothGrad²,
+/// VarGrad and integrated gradients (SPEC §4).
 /// @{
 
 /// @brief How integrated gradients approximate the path integral over t ∈ [0, 1].

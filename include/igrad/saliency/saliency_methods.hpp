@@ -35,13 +35,14 @@ namespace igrad {
 /// @brief Hyper-parameters of the input-space methods, with chained setters:
 /// `SaliencyOptions().steps(200).integration(Integration::riemann_trapezoid)`.
 struct SaliencyOptions {
-  /// SmoothGrad: number m of noisy copies (SPEC §4: 25).
+  /// SmoothGrad, SmoothGradSquared, VarGrad: number m of noisy copies (SPEC §4: 25).
   TORCH_ARG(int64_t, samples) = 25;
-  /// SmoothGrad: noise σ as a fraction of each image's range, `σ = level (max x − min x)`.
+  /// SmoothGrad, SmoothGradSquared, VarGrad: noise σ as a fraction of each image's range,
+  /// `σ = level (max x − min x)` (captum's `stdevs` is the absolute σ: docs/reference.md).
   TORCH_ARG(double, noise_level) = 0.15;
-  /// SmoothGrad: seed of the noise when no `generator` is given (the global RNG is never used).
+  /// SmoothGrad and its noise modes: seed of the noise when no `generator` is given (the global RNG is never used).
   TORCH_ARG(uint64_t, seed) = 0;
-  /// SmoothGrad: a CPU generator to draw the noise from instead of `seed` (it advances).
+  /// SmoothGrad and its noise modes: a CPU generator to draw the noise from instead of `seed` (it advances).
   TORCH_ARG(c10::optional<torch::Generator>, generator) = c10::nullopt;
   /// Integrated gradients: number n of points on the path (captum's default: 50).
   TORCH_ARG(int64_t, steps) = 50;
@@ -57,7 +58,7 @@ struct SaliencyOptions {
   /// whatever the chunk).
   TORCH_ARG(int64_t, batch_size) = 64;
   /// Called as `progress(done, total)` after each pass, counting differentiated inputs: N for
-  /// the gradient methods, N · samples for SmoothGrad, N · steps for integrated gradients.
+  /// the gradient methods, N · samples for SmoothGrad and its noise modes, N · steps for integrated gradients.
   TORCH_ARG(std::function<void(int64_t, int64_t)>, progress) = nullptr;
 };
 
@@ -171,6 +172,80 @@ struct Deconvnet {
   }
 };
 
+/// @brief Input × Gradient (Shrikumar et al. 2016; captum's `InputXGradient`): `x ⊙ ∂y^c/∂x`,
+/// the gradient of the class logit weighted by the input, element by element.
+struct InputXGradient {
+  static constexpr const char* name = "Input x Gradient";  ///< display name
+  /// @brief Input-shaped attributions.
+  torch::Tensor operator()(const SaliencyRequest& request) const {
+    detail::SaliencyProgress progress(request.options, request.input.size(0));
+    return request.input *
+           detail::chunked_target_gradient<StandardReLU>(request.model, request.input,
+                                                         request.targets,
+                                                         detail::saliency_chunk(request.options),
+                                                         &progress);
+  }
+};
+
+namespace detail {
+
+/// The first two raw moments over the noisy copies of the gradients, `(1/m) Σ_k g_k` and
+/// `(1/m) Σ_k g_k²`, from which SmoothGrad, SmoothGrad² and VarGrad are formed.
+struct NoisyGradientMoments {
+  torch::Tensor mean;          ///< `(1/m) Σ_k g_k`, input-shaped
+  torch::Tensor mean_squares;  ///< `(1/m) Σ_k g_k²`, input-shaped; undefined unless asked for
+};
+
+/// The gradients `g_k = ∂y^c/∂x (x + ε_k)` over m = `samples` noisy copies of the batch,
+/// `ε_k ~ N(0, σ²)`, `σ = noise_level · (max x − min x)` per image, averaged (and their squares
+/// when `squares`). The noise is drawn on the CPU, one whole-batch input-shaped draw per copy in
+/// copy order, so that it does not depend on the chunk size; images are then differentiated
+/// `batch_size` at a time, with as many noisy copies per pass as fit when the batch is smaller
+/// than a chunk. `method` names the caller in error messages.
+inline NoisyGradientMoments noisy_gradient_moments(const SaliencyRequest& request,
+                                                   const char* method, bool squares) {
+  const auto& o = request.options;
+  require(o.samples() > 0, "{}: SaliencyOptions::samples is {}; expected at least 1", method,
+          o.samples());
+  const auto& x = request.input;
+  const auto sigma =
+      noise_scale(x, o.noise_level(), fmt::format("{}: SaliencyOptions::noise_level", method));
+  const int64_t chunk = saliency_chunk(o);
+  const int64_t n = x.size(0);
+  auto generator = noise_generator(o.generator(), o.seed());
+  const int64_t images_per_pass = std::min(n, chunk);
+  const int64_t copies_per_pass = std::max<int64_t>(1, chunk / images_per_pass);
+  SaliencyProgress progress(o, n * o.samples());
+  auto total = torch::zeros_like(x);
+  auto total_squares = squares ? torch::zeros_like(x) : torch::Tensor();
+  for (int64_t first_copy = 0; first_copy < o.samples(); first_copy += copies_per_pass) {
+    const int64_t copies = std::min(copies_per_pass, o.samples() - first_copy);
+    std::vector<torch::Tensor> noise;
+    for (int64_t c = 0; c < copies; ++c) {
+      noise.push_back(standard_normal(generator, x.sizes(), x));
+    }
+    for (int64_t start = 0; start < n; start += images_per_pass) {
+      const int64_t end = std::min(n, start + images_per_pass);
+      const auto images = x.slice(0, start, end);
+      const auto scale = sigma.slice(0, start, end);
+      std::vector<torch::Tensor> noisy;
+      for (const auto& e : noise) noisy.push_back(images + scale * e.slice(0, start, end));
+      const auto g = chunked_target_gradient<StandardReLU>(
+          request.model, torch::cat(noisy, 0), request.targets.slice(0, start, end).repeat({copies}),
+          chunk, &progress);
+      auto copies_shape = images.sizes().vec();
+      copies_shape.insert(copies_shape.begin(), copies);
+      const auto per_copy = g.view(copies_shape);
+      total.slice(0, start, end).add_(per_copy.sum(0));
+      if (squares) total_squares.slice(0, start, end).add_(per_copy.square().sum(0));
+    }
+  }
+  const auto m = static_cast<double>(o.samples());
+  return {total / m, squares ? total_squares / m : torch::Tensor()};
+}
+
+}  // namespace detail
+
 /// @brief SmoothGrad (Smilkov et al. 2017): the mean gradient over m noisy copies `x + ε`,
 /// `ε ~ N(0, σ²)`, `σ = noise_level · (max x − min x)` per image; defaults m = 25, level 0.15.
 /// Noise comes from `SaliencyOptions::generator` or `seed` (drawn on the CPU, one input-shaped
@@ -179,42 +254,32 @@ struct SmoothGrad {
   static constexpr const char* name = "SmoothGrad";  ///< display name
   /// @brief Input-shaped attributions.
   torch::Tensor operator()(const SaliencyRequest& request) const {
-    const auto& o = request.options;
-    detail::require(o.samples() > 0, "SaliencyOptions::samples is {}; expected at least 1",
-                    o.samples());
-    const auto& x = request.input;
-    const auto sigma = detail::noise_scale(x, o.noise_level(), "SaliencyOptions::noise_level");
-    const int64_t chunk = detail::saliency_chunk(o);
-    const int64_t n = x.size(0);
-    auto generator = detail::noise_generator(o.generator(), o.seed());
-    // The noise is drawn one whole-batch copy at a time, in copy order, so that it does not
-    // depend on the chunk size; images are then differentiated `chunk` at a time, with as many
-    // noisy copies per pass as fit when the batch is smaller than a chunk.
-    const int64_t images_per_pass = std::min(n, chunk);
-    const int64_t copies_per_pass = std::max<int64_t>(1, chunk / images_per_pass);
-    detail::SaliencyProgress progress(o, n * o.samples());
-    auto total = torch::zeros_like(x);
-    for (int64_t first_copy = 0; first_copy < o.samples(); first_copy += copies_per_pass) {
-      const int64_t copies = std::min(copies_per_pass, o.samples() - first_copy);
-      std::vector<torch::Tensor> noise;
-      for (int64_t c = 0; c < copies; ++c) {
-        noise.push_back(detail::standard_normal(generator, x.sizes(), x));
-      }
-      for (int64_t start = 0; start < n; start += images_per_pass) {
-        const int64_t end = std::min(n, start + images_per_pass);
-        const auto images = x.slice(0, start, end);
-        const auto scale = sigma.slice(0, start, end);
-        std::vector<torch::Tensor> noisy;
-        for (const auto& e : noise) noisy.push_back(images + scale * e.slice(0, start, end));
-        const auto g = detail::chunked_target_gradient<StandardReLU>(
-            request.model, torch::cat(noisy, 0), request.targets.slice(0, start, end).repeat({copies}),
-            chunk, &progress);
-        auto copies_shape = images.sizes().vec();
-        copies_shape.insert(copies_shape.begin(), copies);
-        total.slice(0, start, end).add_(g.view(copies_shape).sum(0));
-      }
-    }
-    return total / static_cast<double>(o.samples());
+    return detail::noisy_gradient_moments(request, name, /*squares=*/false).mean;
+  }
+};
+
+/// @brief SmoothGrad² (Hooker et al. 2019; captum `NoiseTunnel` `nt_type="smoothgrad_sq"`): the
+/// mean squared gradient over m noisy copies, `(1/m) Σ_k (∂y^c/∂x (x + ε_k))²`. Same noise,
+/// options (`samples`, `noise_level`, `seed`, `generator`) and draws as `SmoothGrad`, so with the
+/// same options its copies are SmoothGrad's copies.
+struct SmoothGradSquared {
+  static constexpr const char* name = "SmoothGrad Squared";  ///< display name
+  /// @brief Input-shaped attributions (non-negative).
+  torch::Tensor operator()(const SaliencyRequest& request) const {
+    return detail::noisy_gradient_moments(request, name, /*squares=*/true).mean_squares;
+  }
+};
+
+/// @brief VarGrad (Adebayo et al. 2018; captum `NoiseTunnel` `nt_type="vargrad"`): the variance
+/// of the gradient over m noisy copies, `(1/m) Σ_k g_k² − ((1/m) Σ_k g_k)²` (the population
+/// variance, divisor m, as captum), clamped at 0 against rounding. Same noise and options as
+/// `SmoothGrad`.
+struct VarGrad {
+  static constexpr const char* name = "VarGrad";  ///< display name
+  /// @brief Input-shaped attributions (non-negative).
+  torch::Tensor operator()(const SaliencyRequest& request) const {
+    const auto moments = detail::noisy_gradient_moments(request, name, /*squares=*/true);
+    return (moments.mean_squares - moments.mean.square()).clamp_min(0);
   }
 };
 
@@ -373,9 +438,10 @@ torch::Tensor explain(const AnyModel& model, const torch::Tensor& x,
   return saliency_map(attribute<S>(model, x, targets, options, method));
 }
 
-/// @brief The five input-space methods igrad ships, as a Hana type list.
+/// @brief The eight input-space methods igrad ships, as a Hana type list.
 inline constexpr auto all_saliency_methods =
-    boost::hana::tuple_t<Gradient, GuidedBackprop, Deconvnet, SmoothGrad, IntegratedGradients>;
+    boost::hana::tuple_t<Gradient, GuidedBackprop, Deconvnet, InputXGradient, SmoothGrad,
+                         SmoothGradSquared, VarGrad, IntegratedGradients>;
 
 /// @}
 }  // namespace igrad
