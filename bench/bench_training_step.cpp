@@ -138,7 +138,7 @@ int measure_scaling(const std::string& model, int steps) {
   igrad::distributed::DataParallel parallel(group);
   struct StepTimer {
     igrad::distributed::DataParallel* parallel;
-    std::vector<double> step_ms, communication_ms, cpu_ms;
+    std::vector<double> step_ms{}, communication_ms{}, cpu_ms{};
     std::chrono::steady_clock::time_point last = std::chrono::steady_clock::now();
     double last_communication = 0, last_cpu = process_cpu_ms();
     void on_batch_end(igrad::TrainerState&, const igrad::StepResult&) {
