@@ -5,6 +5,9 @@
 #
 #   tools/ci/debian13.sh            # create or reuse the root, copy the tree in, build and test
 #   tools/ci/debian13.sh unit       # the same with the lighter `unit` workflow (.ci/run's lane)
+#   tools/ci/debian13.sh prepare    # only create the root and install the packages the workflows'
+#                                   # configure step asks for (downloads and unpacking: .ci/run
+#                                   # does this in the background while its first lane compiles)
 #
 # The root is cached in $IGRAD_DEBIAN13_ROOT (default /var/cache/igrad/debian13-root): created once
 # (~4 min), reused afterwards. The tree (tracked and untracked, not ignored files) is copied afresh
@@ -13,8 +16,8 @@ set -euo pipefail
 
 workflow=${1:-test}
 case "$workflow" in
-  test | unit | demo) ;;
-  *) echo "tools/ci/debian13.sh: unknown workflow '$workflow'; expected test, unit or demo" >&2; exit 2 ;;
+  test | unit | demo | prepare) ;;
+  *) echo "tools/ci/debian13.sh: unknown workflow '$workflow'; expected test, unit, demo or prepare" >&2; exit 2 ;;
 esac
 
 src=$(cd "$(dirname "$0")/../.." && pwd)
@@ -66,6 +69,15 @@ rm -rf "$root/igrad"
 mkdir -p "$root/igrad"
 (cd "$src" && git ls-files -co --exclude-standard -z | tar --null -T - -cf -) | tar -xf - -C "$root/igrad"
 
+in_root() {
+  chroot "$root" /usr/bin/env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    LANG=C.UTF-8 bash -c "cd /igrad && $1"
+}
+if [ "$workflow" = prepare ]; then
+  # The test preset's configure installs, through igrad's bootstrap, every package a workflow needs.
+  in_root "cmake --preset default >/dev/null && rm -rf build"
+  echo "Debian 13 root: ready in $root"
+  exit 0
+fi
 echo "Debian 13 lane: $(chroot "$root" sh -c 'g++ --version | head -n 1; cmake --version | head -n 1')"
-chroot "$root" /usr/bin/env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-  LANG=C.UTF-8 bash -c "cd /igrad && cmake --workflow --preset $workflow"
+in_root "cmake --workflow --preset $workflow"
