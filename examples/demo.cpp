@@ -484,32 +484,17 @@ void write_explanation_figure(const Config& c, const fs::path& dir, const Data& 
                               const TrainedModel& base, const TrainedModel& reg) {
   const torch::Device device(c.device);
   // Two images of each of the first four classes, so the figure shows varied items.
-  std::vector<int64_t> picks;
   const auto labels = data.test.labels();
-  for (int64_t cls = 0; cls < 4; ++cls)
-    for (int64_t i = 0, taken = 0; i < labels.size(0) && taken < 2; ++i)
-      if (labels[i].item<int64_t>() == cls) picks.push_back(i), ++taken;
-  const auto index = torch::tensor(picks);
+  const auto index = torch::tensor(igrad::first_per_class(labels, 4, 2));
   const auto images = data.test.images().index_select(0, index).to(device);
   const auto targets = labels.index_select(0, index).to(device);
-  std::vector<torch::Tensor> columns;
-  std::vector<std::string> titles;
-  auto add = [&](const std::string& title, const torch::Tensor& maps) {
-    columns.push_back(maps.cpu());
-    titles.push_back(title);
-  };
-  add("grad B", igrad::explain<igrad::Gradient>(base.model, images, targets));
-  add("grad R", igrad::explain<igrad::Gradient>(reg.model, images, targets));
-  add("guided B", igrad::explain<igrad::GuidedBackprop>(base.model, images, targets));
-  add("guided R", igrad::explain<igrad::GuidedBackprop>(reg.model, images, targets));
-  for (const auto& e : igrad::cam_explainers_by_name(c.methods, igrad::CamOptions().batch_size(256))) {
-    add(e.name + " B", e.maps(base.model, images, targets));
-    add(e.name + " R", e.maps(reg.model, images, targets));
-  }
+  auto columns = std::vector{igrad::method_explainer<igrad::Gradient>("grad"),
+                             igrad::method_explainer<igrad::GuidedBackprop>("guided")};
+  const auto cams = igrad::cam_explainers_by_name(c.methods, igrad::CamOptions().batch_size(256));
+  columns.insert(columns.end(), cams.begin(), cams.end());
   const int64_t scale = images.size(2) <= 32 ? 3 : 1;
-  const auto out = igrad::explanation_grid(
-      images.cpu(), columns,
-      igrad::ExplanationGridOptions().scale(scale).padding(4).column_labels(titles));
+  const auto out = igrad::comparison_grid({{"B", base.model}, {"R", reg.model}}, images, targets, columns,
+                                          igrad::ExplanationGridOptions().scale(scale).padding(4));
   igrad::write_png((dir / "explanations.png").string(), out);
 }
 

@@ -608,32 +608,18 @@ bool write_maps_figure(const Config& c, const fs::path& dir, const Data& data,
     return model;
   };
   const auto base = load(base_checkpoint), reg = load(reg_checkpoint);
-  std::vector<int64_t> picks;
+  // Two images of each of the first four classes, so the figure shows varied items.
   const auto labels = data.test.labels();
-  for (int64_t cls = 0; cls < 4; ++cls)
-    for (int64_t i = 0, taken = 0; i < labels.size(0) && taken < 2; ++i)
-      if (labels[i].item<int64_t>() == cls) picks.push_back(i), ++taken;
-  const auto index = torch::tensor(picks);
+  const auto index = torch::tensor(igrad::first_per_class(labels, 4, 2));
   const auto images = data.test.images().index_select(0, index).to(device);
   const auto targets = labels.index_select(0, index).to(device);
-  std::vector<torch::Tensor> columns;
-  std::vector<std::string> titles;
-  const auto add = [&](const std::string& title, const torch::Tensor& maps) {
-    columns.push_back(maps.detach().cpu());
-    titles.push_back(title);
-  };
-  add("grad B", igrad::explain<igrad::Gradient>(base, images, targets));
-  add("grad R", igrad::explain<igrad::Gradient>(reg, images, targets));
-  add("guided B", igrad::explain<igrad::GuidedBackprop>(base, images, targets));
-  add("guided R", igrad::explain<igrad::GuidedBackprop>(reg, images, targets));
-  for (const auto& e : explainers) {
-    add(e.name + " B", e.maps(base, images, targets));
-    add(e.name + " R", e.maps(reg, images, targets));
-  }
+  auto columns = std::vector{igrad::method_explainer<igrad::Gradient>("grad"),
+                             igrad::method_explainer<igrad::GuidedBackprop>("guided")};
+  columns.insert(columns.end(), explainers.begin(), explainers.end());
   const int64_t scale = images.size(2) <= 32 ? 3 : 1;
   igrad::write_png((dir / "maps.png").string(),
-                   igrad::explanation_grid(images.cpu(), columns,
-                                           igrad::ExplanationGridOptions().scale(scale).padding(4).column_labels(titles)));
+                   igrad::comparison_grid({{"B", base}, {"R", reg}}, images, targets, columns,
+                                          igrad::ExplanationGridOptions().scale(scale).padding(4)));
   return true;
 }
 

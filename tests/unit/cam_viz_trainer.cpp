@@ -150,6 +150,43 @@ TEST_CASE("viz: column labels put a band of text above each labelled column, the
                        doctest::Contains("1 column labels for 2 columns"), igrad::InvalidArgument);
 }
 
+TEST_CASE("viz: first_per_class picks class by class, and comparison_grid lays out method x model columns") {
+  const auto labels = torch::tensor({2, 0, 1, 0, 2, 0, 1}, torch::kInt);
+  CHECK(igrad::first_per_class(labels, 3, 2) == std::vector<int64_t>{1, 3, 2, 6, 0, 4});
+  CHECK(igrad::first_per_class(labels, 4, 1) == std::vector<int64_t>{1, 2, 0});  // class 3: none
+  CHECK_THROWS_WITH_AS(igrad::first_per_class(labels.to(torch::kFloat), 3, 2),
+                       doctest::Contains("1-D integer tensor"), igrad::InvalidArgument);
+  CHECK_THROWS_WITH_AS(igrad::first_per_class(labels, 3, 0), doctest::Contains("must be positive"),
+                       igrad::InvalidArgument);
+
+  torch::manual_seed(3);
+  TinyConv base(3), reg(3);
+  base->eval();
+  reg->eval();
+  const auto images = torch::randn({2, 1, 6, 6});
+  const auto targets = torch::tensor({0, 2});
+  const std::vector explainers{igrad::method_explainer<igrad::Gradient>("grad"),
+                               igrad::method_explainer<igrad::GradCam>()};
+  CHECK(explainers[1].name == std::string(igrad::GradCam::name));  // "Grad-CAM"
+  const auto options = igrad::ExplanationGridOptions().padding(1);
+  const auto grid = igrad::comparison_grid({{"B", base}, {"R", reg}}, images, targets, explainers, options);
+  // The same figure built by hand: method-major, model-minor columns, labelled "<method> <model>".
+  const std::vector<torch::Tensor> columns{
+      igrad::explain<igrad::Gradient>(base, images, targets), igrad::explain<igrad::Gradient>(reg, images, targets),
+      igrad::explain<igrad::GradCam>(base, images, targets), igrad::explain<igrad::GradCam>(reg, images, targets)};
+  auto by_hand = options;
+  by_hand.column_labels({"grad B", "grad R", "Grad-CAM B", "Grad-CAM R"});
+  CHECK(torch::equal(grid, igrad::explanation_grid(images, columns, by_hand)));
+  // Models and methods swapped in the labels would give other pictures in the band above the grid.
+  by_hand.column_labels({"grad R", "grad B", "Grad-CAM R", "Grad-CAM B"});
+  CHECK_FALSE(torch::equal(grid, igrad::explanation_grid(images, columns, by_hand)));
+
+  CHECK_THROWS_WITH_AS(igrad::comparison_grid({}, images, targets, explainers), doctest::Contains("at least one model"),
+                       igrad::InvalidArgument);
+  CHECK_THROWS_WITH_AS(igrad::comparison_grid({{"B", base}}, images[0], targets, explainers),
+                       doctest::Contains("comparison_grid: the images have shape"), igrad::InvalidArgument);
+}
+
 TEST_CASE("cam statistics: mean and top-20% mass by hand") {
   // Five pixels per map: top 20 % = one pixel.
   const auto maps = torch::tensor({1.0, 0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0},
