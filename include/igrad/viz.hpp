@@ -5,3 +5,4 @@
 #include <igrad/viz/colormap.hpp>
 #include <igrad/viz/figure.hpp>
 #include <igrad/viz/plot.hpp>
+#include <igrad/viz/sanity_figure.hpp>
