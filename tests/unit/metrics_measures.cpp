@@ -1113,3 +1113,65 @@ TEST_CASE("metrics: the randomisation figure has the grid of maps over the corre
                                                   labels({0, 1, 2}));
   CHECK_THROWS_AS(igrad::randomisation_figure(x, no_maps), igrad::InvalidArgument);
 }
+
+TEST_CASE("metrics: max-sensitivity is the largest relative change of the map under the drawn perturbations") {
+  torch::manual_seed(10);
+  SmallConv net(3);
+  igrad::AnyModel model(net);
+  auto x = torch::randn({3, 1, 6, 6});
+  x[2].zero_();  // a map of zeros: the unnormalised change
+  const auto y = labels({0, 1, 2});
+  // e(x) = the image's first channel, and every input the explainer is given, recorded.
+  std::vector<torch::Tensor> inputs;
+  igrad::Explainer identity{"Identity", [&](const igrad::AnyModel&, const torch::Tensor& in,
+                                            const torch::Tensor&) {
+                              inputs.push_back(in.detach().clone());
+                              return in.select(1, 0).clone();
+                            }};
+  const auto options = igrad::SensitivityOptions().samples(4).radius(0.1).seed(3);
+  net->train();
+  const auto s = igrad::max_sensitivity(model, identity, x, y, options);
+  CHECK(net->is_training());
+  REQUIRE(inputs.size() == 5);
+  REQUIRE(s.sizes() == torch::IntArrayRef({3}));
+  for (int64_t i = 0; i < 3; ++i) {
+    double largest = 0, norm = 0;
+    for (double v : values_of(x[i][0])) norm += v * v;
+    norm = std::sqrt(norm);
+    for (size_t j = 1; j < inputs.size(); ++j) {
+      const auto delta = values_of(inputs[j][i][0]), base = values_of(x[i][0]);
+      const auto first_image_delta = values_of(inputs[j][0] - x[0]);
+      double squared = 0;
+      for (size_t k = 0; k < delta.size(); ++k) {
+        const double d = delta[k] - base[k];
+        CHECK(std::abs(d) <= 0.1 + 1e-6);                          // in the L∞ ball
+        CHECK(d == doctest::Approx(first_image_delta[k]).epsilon(1e-5));  // the same δ_j for every image
+        squared += d * d;
+      }
+      largest = std::max(largest, std::sqrt(squared));
+    }
+    CHECK(s[i].item<double>() == doctest::Approx(norm > 0 ? largest / norm : largest).epsilon(1e-12));
+  }
+  CHECK(s[2].item<double>() > 0);
+  // A batch gives the numbers of its images one at a time.
+  const auto chunked = igrad::max_sensitivity(model, identity, x, y, igrad::SensitivityOptions(options).batch_size(1));
+  CHECK(torch::equal(chunked, s));
+  const auto single = igrad::max_sensitivity(model, identity, x.slice(0, 1, 2), y.slice(0, 1, 2), options);
+  CHECK(single[0].item<double>() == s[1].item<double>());
+  // A map that ignores the image does not move.
+  igrad::Explainer constant{"Constant", [](const igrad::AnyModel&, const torch::Tensor& in, const torch::Tensor&) {
+                              return torch::ones({in.size(0), 6, 6});
+                            }};
+  CHECK(igrad::max_sensitivity(model, constant, x, y).abs().max().item<double>() == 0.0);
+  // Misuse.
+  CHECK_THROWS_AS(igrad::max_sensitivity(model, identity, x, y, igrad::SensitivityOptions().samples(0)),
+                  igrad::InvalidArgument);
+  CHECK_THROWS_AS(igrad::max_sensitivity(model, identity, x, y, igrad::SensitivityOptions().radius(-1)),
+                  igrad::InvalidArgument);
+  CHECK_THROWS_AS(igrad::max_sensitivity(model, identity, x.slice(0, 0, 0)), igrad::InvalidArgument);
+  CHECK_THROWS_AS(igrad::max_sensitivity(model, identity, x, labels({0, 1, 5})), igrad::InvalidArgument);
+  igrad::Explainer nan_maps{"NaN", [](const igrad::AnyModel&, const torch::Tensor& in, const torch::Tensor&) {
+                              return torch::full({in.size(0), 6, 6}, std::nan(""));
+                            }};
+  CHECK_THROWS_AS(igrad::max_sensitivity(model, nan_maps, x, y), igrad::NumericalError);
+}
