@@ -2,6 +2,7 @@
 // hand-made cases whose answers are computed here from the definitions; batch-split invariance;
 // device; misuse.
 #include <igrad/metrics.hpp>
+#include <igrad/metrics/evaluate_cams.hpp>
 #include <igrad/viz/sanity_figure.hpp>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -1174,4 +1175,98 @@ TEST_CASE("metrics: max-sensitivity is the largest relative change of the map un
                               return torch::full({in.size(0), 6, 6}, std::nan(""));
                             }};
   CHECK_THROWS_AS(igrad::max_sensitivity(model, nan_maps, x, y), igrad::NumericalError);
+}
+
+namespace {
+
+/// A feature/head model (conv → ReLU = features; GAP → Linear = head) with an unused Linear
+/// registered last, for the CAM methods.
+struct SplitWithSpareImpl : torch::nn::Module {
+  SplitWithSpareImpl() {
+    conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 4, 3).padding(1)));
+    fc = register_module("fc", torch::nn::Linear(4, 3));
+    spare = register_module("spare", torch::nn::Linear(2, 2));
+  }
+  torch::Tensor features(const torch::Tensor& x) { return torch::relu(conv(x)); }
+  torch::Tensor head(const torch::Tensor& a) { return fc(a.mean({2, 3})); }
+  torch::Tensor forward(const torch::Tensor& x) { return head(features(x)); }
+  torch::nn::Conv2d conv{nullptr};
+  torch::nn::Linear fc{nullptr}, spare{nullptr};
+};
+TORCH_MODULE(SplitWithSpare);
+
+}  // namespace
+
+TEST_CASE("metrics: model randomisation of igrad's Grad-CAM keeps the copy's features/head split") {
+  torch::manual_seed(12);
+  SplitWithSpare net;
+  const auto x = torch::randn({2, 1, 6, 6});
+  const auto y = labels({0, 2});
+  const auto explainers = igrad::cam_explainers(boost::hana::tuple_t<igrad::GradCam>);
+  const ModuleSnapshot before(*net);
+  const auto r = igrad::model_randomisation(net, [] { return SplitWithSpare(); }, explainers.front(), x, y);
+  CHECK(ModuleSnapshot(*net).same_as(before));
+  CHECK(r.method == "Grad-CAM");
+  CHECK(r.layers == std::vector<std::string>{"spare", "fc", "conv"});
+  CHECK(r.mean_spearman[0] == 1.0);  // the unused layer
+  CHECK(r.mean_spearman[1] < 0.99);  // Grad-CAM's weights come from fc
+  // The original maps are Grad-CAM's on the model itself.
+  CHECK(max_abs_diff(r.original_maps, igrad::explain<igrad::GradCam>(igrad::AnyModel(net), x, y)) < 1e-6);
+}
+
+TEST_CASE("metrics: SSIM over 7x7 windows as scikit-image computes it, and per randomisation step") {
+  torch::manual_seed(13);
+  const auto a = torch::rand({2, 8, 9}, torch::kDouble);
+  const auto b = torch::rand({2, 8, 9}, torch::kDouble) * 0.5;
+  const auto s = igrad::structural_similarity(a, b);
+  for (int64_t i = 0; i < 2; ++i) {
+    const auto ai = a[i].contiguous(), bi = b[i].contiguous();
+    const auto u = ai.accessor<double, 2>();
+    const auto v = bi.accessor<double, 2>();
+    double low = 1e300, high = -1e300;
+    for (int64_t r = 0; r < 8; ++r)
+      for (int64_t c = 0; c < 9; ++c)
+        low = std::min(low, std::min(u[r][c], v[r][c])), high = std::max(high, std::max(u[r][c], v[r][c]));
+    const double c1 = std::pow(0.01 * (high - low), 2), c2 = std::pow(0.03 * (high - low), 2);
+    double total = 0;
+    int windows = 0;
+    for (int64_t r0 = 0; r0 + 7 <= 8; ++r0)
+      for (int64_t q0 = 0; q0 + 7 <= 9; ++q0) {
+        double mu = 0, mv = 0;
+        for (int64_t r = r0; r < r0 + 7; ++r)
+          for (int64_t c = q0; c < q0 + 7; ++c) mu += u[r][c] / 49, mv += v[r][c] / 49;
+        double vu = 0, vv = 0, cuv = 0;
+        for (int64_t r = r0; r < r0 + 7; ++r)
+          for (int64_t c = q0; c < q0 + 7; ++c) {
+            vu += (u[r][c] - mu) * (u[r][c] - mu) / 48;
+            vv += (v[r][c] - mv) * (v[r][c] - mv) / 48;
+            cuv += (u[r][c] - mu) * (v[r][c] - mv) / 48;
+          }
+        total += (2 * mu * mv + c1) * (2 * cuv + c2) / ((mu * mu + mv * mv + c1) * (vu + vv + c2));
+        ++windows;
+      }
+    CHECK(windows == 6);
+    CHECK(s[i].item<double>() == doctest::Approx(total / windows).epsilon(1e-10));
+  }
+  CHECK(igrad::structural_similarity(a, a).eq(1.0).all().item<bool>());
+  CHECK(igrad::structural_similarity(torch::full({1, 7, 7}, 0.5), torch::full({1, 7, 7}, 0.5))[0].item<double>() == 1.0);
+  CHECK_THROWS_AS(igrad::structural_similarity(torch::rand({1, 6, 9}), torch::rand({1, 6, 9})), igrad::InvalidArgument);
+
+  SplitWithSpare net;
+  const auto x = torch::randn({2, 1, 8, 8});
+  const auto r = igrad::model_randomisation(net, [] { return SplitWithSpare(); }, gradient_explainer(), x,
+                                            labels({0, 1}), igrad::RandomisationOptions().ssim(true).keep_maps(true));
+  REQUIRE(r.ssim.sizes() == torch::IntArrayRef({3, 2}));
+  CHECK(r.mean_ssim[0] == 1.0);  // the unused layer
+  const auto by_max = [](const torch::Tensor& m) {
+    return m.to(torch::kDouble) / m.to(torch::kDouble).flatten(1).amax(1).view({-1, 1, 1});
+  };
+  for (int64_t step = 1; step < 3; ++step) {
+    const auto expected = igrad::structural_similarity(by_max(r.original_maps), by_max(r.maps[static_cast<size_t>(step)]));
+    CHECK(max_abs_diff(r.ssim[step], expected) < 1e-12);
+    CHECK(r.mean_ssim[static_cast<size_t>(step)] == doctest::Approx(expected.mean().item<double>()).epsilon(1e-12));
+  }
+  CHECK_THROWS_AS(igrad::model_randomisation(net, [] { return SplitWithSpare(); }, gradient_explainer(),
+                                             torch::randn({1, 1, 6, 6}), labels({0}), igrad::RandomisationOptions().ssim(true)),
+                  igrad::InvalidArgument);
 }

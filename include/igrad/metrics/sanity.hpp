@@ -202,6 +202,49 @@ inline torch::Tensor spearman_correlation(const torch::Tensor& a, const torch::T
   return result;
 }
 
+/// @brief The structural similarity of each pair of maps `a[i]`, `b[i]` `[N, H, W]` (or
+/// `[N, 1, H, W]`), as scikit-image's `structural_similarity` with its defaults and the data
+/// range Quantus passes; `[N]` doubles in [−1, 1].
+///
+/// Over every 7×7 window w inside the map (no padding: the windows scikit-image keeps after
+/// cropping its border), with the means `μ`, the sample variances and covariance `σ` (divided by
+/// 48) of the window and `C1 = (0.01 R)²`, `C2 = (0.03 R)²`:
+/// \f[ \mathrm{SSIM} = \operatorname{mean}_w
+///     \frac{(2\mu_a\mu_b + C_1)(2\sigma_{ab} + C_2)}{(\mu_a^2 + \mu_b^2 + C_1)(\sigma_a^2 + \sigma_b^2 + C_2)} \f]
+/// with `R = max(a_i, b_i) − min(a_i, b_i)` over both maps (Quantus' `ssim`). Two constant maps
+/// (R = 0, 0/0) give 1 when equal. Throws `InvalidArgument` for maps smaller than 7×7, different
+/// shapes, an empty batch, or NaN values.
+inline torch::Tensor structural_similarity(const torch::Tensor& a, const torch::Tensor& b) {
+  detail::host_maps(a, "structural_similarity: the first maps");
+  detail::host_maps(b, "structural_similarity: the second maps");
+  detail::require(a.sizes() == b.sizes(),
+                  "structural_similarity: the maps have shapes {} and {}; expected the same shape",
+                  detail::shape_string(a), detail::shape_string(b));
+  auto x = a.detach().to(torch::kCPU, torch::kDouble);
+  auto y = b.detach().to(torch::kCPU, torch::kDouble);
+  if (x.dim() == 4 && x.size(1) == 1) x = x.squeeze(1), y = y.squeeze(1);
+  constexpr int64_t window = 7;
+  detail::require(x.dim() == 3 && x.size(1) >= window && x.size(2) >= window,
+                  "structural_similarity: the maps have shape {}; expected [N, H, W] maps of at "
+                  "least 7x7 (scikit-image's window)",
+                  detail::shape_string(a));
+  const int64_t n = x.size(0);
+  const auto both = torch::cat({x.flatten(1), y.flatten(1)}, 1);
+  const auto range = (std::get<0>(both.max(1)) - std::get<0>(both.min(1))).view({n, 1, 1, 1});
+  const auto mean = [](const torch::Tensor& t) {
+    return torch::avg_pool2d(t.unsqueeze(1), {window, window}, {1, 1});
+  };
+  const double samples = window * window, correction = samples / (samples - 1);
+  const auto ma = mean(x), mb = mean(y);
+  const auto va = correction * (mean(x * x) - ma * ma);
+  const auto vb = correction * (mean(y * y) - mb * mb);
+  const auto cov = correction * (mean(x * y) - ma * mb);
+  const auto c1 = (0.01 * range).pow(2), c2 = (0.03 * range).pow(2);
+  const auto s = ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma * ma + mb * mb + c1) * (va + vb + c2));
+  const auto per_image = s.flatten(1).mean(1);
+  return torch::where(range.view({n}) > 0, per_image, torch::ones_like(per_image));
+}
+
 /// @brief How the layers are randomised.
 enum class RandomisationOrder {
   /// From the output layer down, each step keeping the layers randomised before it (Adebayo's
@@ -226,6 +269,10 @@ struct RandomisationOptions {
   /// Keep every step's maps in the result (for `randomisation_figure`); off, only the original
   /// maps are kept.
   TORCH_ARG(bool, keep_maps) = false;
+  /// Also compute the structural similarity of each map with its original
+  /// (`structural_similarity`, on the maps — absolute when `absolute` — each divided by its
+  /// maximum absolute value, as Quantus' `normalise_by_max`); maps must be at least 7×7.
+  TORCH_ARG(bool, ssim) = false;
 };
 
 /// @brief The outcome of `model_randomisation`: per step (one more layer randomised, or one
@@ -239,6 +286,8 @@ struct RandomisationResult {
   std::vector<std::string> layers;    ///< the layer randomised at each step, output first
   torch::Tensor spearman;             ///< `[steps, N]` doubles, step × image
   std::vector<double> mean_spearman;  ///< `[steps]` the mean over the images
+  torch::Tensor ssim;                 ///< `[steps, N]` SSIM with `RandomisationOptions::ssim`
+  std::vector<double> mean_ssim;      ///< `[steps]` its mean over the images
   torch::Tensor original_maps;        ///< the unrandomised model's maps, `[N, ...]` (CPU)
   std::vector<torch::Tensor> maps;    ///< each step's maps (CPU) with `keep_maps`, else empty
 };
@@ -297,13 +346,20 @@ inline RandomisationResult run_model_randomisation(const std::shared_ptr<torch::
   const auto ranked = [&](const torch::Tensor& maps) {
     return options.absolute() ? maps.abs() : maps;
   };
+  const auto by_max = [&](const torch::Tensor& maps) {
+    const auto m = ranked(maps).to(torch::kDouble);
+    std::vector<int64_t> shape(static_cast<std::size_t>(m.dim()), 1);
+    shape[0] = m.size(0);
+    return m / m.abs().flatten(1).amax(1).clamp_min(1e-300).view(shape);
+  };
 
   RandomisationResult result;
   result.method = explainer.name;
   result.original_maps = explain_all("the model as trained");
+  if (options.ssim()) structural_similarity(result.original_maps, result.original_maps);  // 7×7?
   const auto layers = parameterised_layers(copy);
   auto generator = at::make_generator<at::CPUGeneratorImpl>(options.seed());
-  std::vector<torch::Tensor> correlations;
+  std::vector<torch::Tensor> correlations, similarities;
   for (const auto& layer : layers) {
     std::vector<torch::Tensor> saved;
     if (options.order() == RandomisationOrder::independent) {
@@ -322,6 +378,11 @@ inline RandomisationResult run_model_randomisation(const std::shared_ptr<torch::
     result.layers.push_back(layer.name);
     result.mean_spearman.push_back(sum / static_cast<double>(n));
     correlations.push_back(rho);
+    if (options.ssim()) {
+      const auto similarity = structural_similarity(by_max(result.original_maps), by_max(maps));
+      result.mean_ssim.push_back(similarity.mean().item<double>());
+      similarities.push_back(similarity);
+    }
     if (options.keep_maps()) result.maps.push_back(maps);
     if (!saved.empty()) {
       torch::NoGradGuard no_grad;
@@ -331,6 +392,7 @@ inline RandomisationResult run_model_randomisation(const std::shared_ptr<torch::
     }
   }
   result.spearman = torch::stack(correlations);
+  if (options.ssim()) result.ssim = torch::stack(similarities);
   return result;
 }
 

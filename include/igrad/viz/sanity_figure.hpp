@@ -69,7 +69,7 @@ inline torch::Tensor display_maps(const torch::Tensor& maps) {
 /// @brief The figure of a `model_randomisation` result, `uint8 [H', W', 3]`: a title, then one
 /// row per image — the image, its original map, and its map after some of the steps, each
 /// column labelled by the layer randomised at that step — then the mean Spearman correlation
-/// against the number of layers randomised.
+/// (and the mean SSIM, when computed) against the number of layers randomised.
 ///
 /// `images` are the `[N, C, H, W]` images the result was computed on (the first
 /// `options.images()` are shown); the result must have been computed with
@@ -114,8 +114,19 @@ inline torch::Tensor randomisation_figure(const torch::Tensor& images,
     curve.x.push_back(static_cast<double>(s + 1));
     curve.y.push_back(result.mean_spearman[s]);
   }
+  std::vector<Series> curves{curve};
+  if (!result.mean_ssim.empty()) {
+    Series similarity;
+    similarity.label = "mean SSIM";
+    similarity.color = {255, 127, 14};
+    for (std::size_t s = 0; s < result.mean_ssim.size(); ++s) {
+      similarity.x.push_back(static_cast<double>(s + 1));
+      similarity.y.push_back(result.mean_ssim[s]);
+    }
+    curves.push_back(std::move(similarity));
+  }
   const auto plot = line_plot(
-      {curve}, PlotOptions()
+      curves, PlotOptions()
                    .width(std::max<int64_t>(grid.size(1), 320))
                    .height(options.plot_height())
                    .x_label("layers randomised, output first"));
