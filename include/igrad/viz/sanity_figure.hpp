@@ -69,7 +69,8 @@ inline torch::Tensor display_maps(const torch::Tensor& maps) {
 /// @brief The figure of a `model_randomisation` result, `uint8 [H', W', 3]`: a title, then one
 /// row per image — the image, its original map, and its map after some of the steps, each
 /// column labelled by the layer randomised at that step — then the mean Spearman correlation
-/// (and the mean SSIM, when computed) against the number of layers randomised.
+/// (and the mean SSIM, when computed) against the number of layers randomised, on an axis that
+/// spans at least [0, 1].
 ///
 /// `images` are the `[N, C, H, W]` images the result was computed on (the first
 /// `options.images()` are shown); the result must have been computed with
@@ -124,6 +125,15 @@ inline torch::Tensor randomisation_figure(const torch::Tensor& images,
       similarity.y.push_back(result.mean_ssim[s]);
     }
     curves.push_back(std::move(similarity));
+  }
+  // Two invisible single points (white, unlabelled, listed last) stretch the axis over [0, 1]
+  // at least, so that figures of several methods share a scale; a lone point draws no line.
+  for (const double level : {0.0, 1.0}) {
+    Series anchor;
+    anchor.x = {1.0};
+    anchor.y = {level};
+    anchor.color = {255, 255, 255};
+    curves.push_back(std::move(anchor));
   }
   const auto plot = line_plot(
       curves, PlotOptions()
