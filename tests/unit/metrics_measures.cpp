@@ -1037,6 +1037,16 @@ TEST_CASE("metrics: model randomisation, layer by layer from the output, on a co
     CHECK(s.layers == std::vector<std::string>{"3", "0"});
     CHECK(ModuleSnapshot(*seq).same_as(seq_before));
     CHECK(s.mean_spearman[0] < 0.99);
+    // A module seen through an adapter: the clone is wrapped by as_model; same draws, same numbers.
+    const auto adapted = igrad::model_randomisation(
+        seq.ptr(),
+        [](const std::shared_ptr<torch::nn::Module>& m) {
+          return igrad::AnyModel(torch::nn::Sequential(std::dynamic_pointer_cast<torch::nn::SequentialImpl>(m)));
+        },
+        gradient_explainer(), x, y);
+    CHECK(ModuleSnapshot(*seq).same_as(seq_before));
+    CHECK(adapted.layers == s.layers);
+    CHECK(torch::equal(adapted.spearman, s.spearman));
   }
   SUBCASE("a batch gives the same numbers as its images one at a time") {
     const auto whole = igrad::model_randomisation(net, make, gradient_explainer(), x, y);
