@@ -441,7 +441,9 @@ std::vector<std::string> randomisation_layers(const M& model) {
 /// again after each step; the result holds each step's Spearman rank correlation per image and
 /// its mean. Everything runs on a deep copy in eval mode: the model, its `.grad`, its mode and
 /// the global random generator are left as they were. The explainer is called with the copy
-/// (any `Explainer`: `cam_explainers`, a lambda around `igrad::attribute`, ...).
+/// (any `Explainer`: `cam_explainers`, a lambda around `igrad::attribute`, ...) and must
+/// explain the model it is given: one that captured the user's model would never see the
+/// randomised weights and pass for insensitive.
 ///
 /// Throws `InvalidArgument` for an empty batch, bad targets, a model without parameters, or a
 /// model that cannot be cloned (pass `make_model`, the other overload); `NumericalError` when
