@@ -6,3 +6,4 @@
 #include <igrad/viz/comparison.hpp>
 #include <igrad/viz/figure.hpp>
 #include <igrad/viz/plot.hpp>
+#include <igrad/viz/sanity_figure.hpp>

@@ -2,11 +2,17 @@
 // hand-made cases whose answers are computed here from the definitions; batch-split invariance;
 // device; misuse.
 #include <igrad/metrics.hpp>
+#include <igrad/metrics/evaluate_cams.hpp>
+#include <igrad/viz/sanity_figure.hpp>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <doctest/doctest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -692,4 +698,585 @@ TEST_CASE("metrics: misuse gives clear igrad errors") {
            "whole pixel indices");
   contains(error_of([&] { igrad::faithfulness(model, torch::ones({2, 4, 4}, torch::kDouble), maps, y); }),
            "[N, C, H, W]");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sparseness, Complexity, Spearman's rank correlation and the model parameter randomisation test
+// (Adebayo et al. 2018): each against a formulation written here.
+
+namespace {
+
+/// Gini index by its pairwise definition `Σ_i Σ_j |a_i − a_j| / (2 P Σ a)`, not the sorted form.
+double gini_pairwise(const std::vector<double>& a) {
+  double differences = 0, total = 0;
+  for (double u : a) {
+    total += u;
+    for (double v : a) differences += std::abs(u - v);
+  }
+  return total == 0 ? 0.0 : differences / (2.0 * static_cast<double>(a.size()) * total);
+}
+
+/// `−Σ p ln p` of `p = |a| / Σ|a|`, by a loop.
+double entropy_loop(const std::vector<double>& a) {
+  double total = 0;
+  for (double v : a) total += std::abs(v);
+  double h = 0;
+  for (double v : a) {
+    const double p = std::abs(v) / total;
+    if (p > 0) h -= p * std::log(p);
+  }
+  return h;
+}
+
+std::vector<double> values_of(const torch::Tensor& t) {
+  const auto flat = t.detach().to(torch::kDouble).flatten().contiguous();
+  return {flat.data_ptr<double>(), flat.data_ptr<double>() + flat.numel()};
+}
+
+/// Ranks by counting: `1 + #{v_j < v_i} + #{j ≠ i: v_j = v_i} / 2` (the average rank of a tie).
+std::vector<double> ranks_by_counting(const std::vector<double>& v) {
+  std::vector<double> r(v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    double below = 0, equal = 0;
+    for (size_t j = 0; j < v.size(); ++j) {
+      if (v[j] < v[i]) below += 1;
+      if (j != i && v[j] == v[i]) equal += 1;
+    }
+    r[i] = 1 + below + equal / 2;
+  }
+  return r;
+}
+
+double pearson(const std::vector<double>& a, const std::vector<double>& b) {
+  double ma = 0, mb = 0;
+  for (size_t i = 0; i < a.size(); ++i) ma += a[i], mb += b[i];
+  ma /= static_cast<double>(a.size()), mb /= static_cast<double>(b.size());
+  double c = 0, va = 0, vb = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    c += (a[i] - ma) * (b[i] - mb);
+    va += (a[i] - ma) * (a[i] - ma);
+    vb += (b[i] - mb) * (b[i] - mb);
+  }
+  return c / std::sqrt(va * vb);
+}
+
+/// The conv net with one more Linear layer, registered last and never used: randomising it
+/// cannot change any explanation.
+struct WithSpareImpl : torch::nn::Module {
+  WithSpareImpl() {
+    conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 3, 3).padding(1)));
+    fc = register_module("fc", torch::nn::Linear(3 * 3 * 3, 3));
+    spare = register_module("spare", torch::nn::Linear(4, 4));
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    return fc(torch::max_pool2d(torch::relu(conv(x)), 2).flatten(1));
+  }
+  torch::nn::Conv2d conv{nullptr};
+  torch::nn::Linear fc{nullptr}, spare{nullptr};
+};
+TORCH_MODULE(WithSpare);
+
+/// |∂y_c/∂x| summed over channels, divided by its maximum: an explainer written here with
+/// `autograd::grad`, so that it touches no parameter's `.grad`.
+igrad::Explainer gradient_explainer() {
+  return {"Gradient", [](const igrad::AnyModel& model, const torch::Tensor& x,
+                         const torch::Tensor& targets) {
+            const auto input = x.detach().clone().requires_grad_(true);
+            const auto score = model.forward(input).gather(1, targets.view({-1, 1})).sum();
+            const auto g = torch::autograd::grad({score}, {input})[0].abs().sum(1);
+            return g / g.flatten(1).amax(1).clamp_min(1e-12).view({-1, 1, 1});
+          }};
+}
+
+/// A map that ignores the model: the first channel of the image, min-max scaled.
+igrad::Explainer image_explainer() {
+  return {"Image", [](const igrad::AnyModel&, const torch::Tensor& x, const torch::Tensor&) {
+            const auto m = x.select(1, 0);
+            const auto low = m.flatten(1).amin(1).view({-1, 1, 1});
+            const auto high = m.flatten(1).amax(1).view({-1, 1, 1});
+            return (m - low) / (high - low).clamp_min(1e-12);
+          }};
+}
+
+/// Snapshot of a module: parameter and buffer values, their `.grad`, and the mode.
+struct ModuleSnapshot {
+  explicit ModuleSnapshot(const torch::nn::Module& m) : training(m.is_training()) {
+    for (const auto& p : m.parameters()) {
+      values.push_back(p.detach().clone());
+      grads.push_back(p.grad().defined() ? p.grad().clone() : torch::Tensor());
+    }
+    for (const auto& b : m.buffers()) values.push_back(b.detach().clone());
+  }
+  bool same_as(const ModuleSnapshot& other) const {
+    if (training != other.training || values.size() != other.values.size()) return false;
+    for (size_t i = 0; i < values.size(); ++i)
+      if (!torch::equal(values[i], other.values[i])) return false;
+    for (size_t i = 0; i < grads.size(); ++i)
+      if (grads[i].defined() != other.grads[i].defined() ||
+          (grads[i].defined() && !torch::equal(grads[i], other.grads[i])))
+        return false;
+    return true;
+  }
+  bool training;
+  std::vector<torch::Tensor> values, grads;
+};
+
+}  // namespace
+
+TEST_CASE("metrics: Sparseness is the Gini index of the absolute map") {
+  const int64_t n = 16;
+  auto one_hot = torch::zeros({1, 4, 4}, torch::kDouble);
+  one_hot[0][2][1] = 0.7;
+  CHECK(igrad::sparseness(one_hot)[0].item<double>() == doctest::Approx(1.0 - 1.0 / n).epsilon(1e-15));
+  CHECK(igrad::sparseness(torch::full({1, 4, 4}, 0.3))[0].item<double>() == doctest::Approx(0).epsilon(1e-15));
+  // An all-zero map counts as constant (0/0 -> 0), never NaN.
+  CHECK(igrad::sparseness(torch::zeros({1, 4, 4}))[0].item<double>() == 0.0);
+  // {0, 1, 2, 3}: Σ|a_i − a_j| = 20 over ordered pairs, 2 · 4 · 6 = 48 -> 5/12.
+  CHECK(igrad::sparseness(torch::tensor({0.0, 1.0, 2.0, 3.0}, torch::kDouble).view({1, 2, 2}))[0].item<double>() ==
+        doctest::Approx(5.0 / 12).epsilon(1e-14));
+  torch::manual_seed(3);
+  const auto maps = torch::randn({3, 5, 7}, torch::kDouble);  // signed: taken in absolute value
+  const auto s = igrad::sparseness(maps);
+  const auto with_offset = igrad::sparseness(maps, 1e-7);
+  REQUIRE(s.sizes() == torch::IntArrayRef({3}));
+  for (int64_t i = 0; i < 3; ++i) {
+    auto a = values_of(maps[i].abs());
+    CHECK(s[i].item<double>() == doctest::Approx(gini_pairwise(a)).epsilon(1e-12));
+    for (double& v : a) v += 1e-7;  // Quantus' offset
+    CHECK(with_offset[i].item<double>() == doctest::Approx(gini_pairwise(a)).epsilon(1e-12));
+  }
+  CHECK(torch::equal(igrad::sparseness(-maps), s));
+  CHECK(igrad::sparseness(maps.to(torch::kFloat)).dtype() == torch::kDouble);
+}
+
+TEST_CASE("metrics: Complexity is the entropy of the fractional contributions") {
+  auto one_hot = torch::zeros({1, 4, 4}, torch::kDouble);
+  one_hot[0][0][3] = -2.0;
+  CHECK(igrad::complexity(one_hot)[0].item<double>() == 0.0);
+  CHECK(igrad::complexity(torch::full({1, 4, 4}, 0.3))[0].item<double>() == doctest::Approx(std::log(16.0)).epsilon(1e-12));
+  CHECK(igrad::complexity(torch::zeros({1, 4, 4}))[0].item<double>() == doctest::Approx(std::log(16.0)).epsilon(1e-12));
+  // Two values 1 and 3: p = 1/4, 3/4.
+  auto two = torch::zeros({1, 2, 2}, torch::kDouble);
+  two[0][0][0] = 1.0, two[0][1][1] = 3.0;
+  CHECK(igrad::complexity(two)[0].item<double>() ==
+        doctest::Approx(-(0.25 * std::log(0.25) + 0.75 * std::log(0.75))).epsilon(1e-14));
+  torch::manual_seed(4);
+  const auto maps = torch::randn({3, 6, 5}, torch::kDouble);
+  const auto c = igrad::complexity(maps);
+  for (int64_t i = 0; i < 3; ++i)
+    CHECK(c[i].item<double>() == doctest::Approx(entropy_loop(values_of(maps[i]))).epsilon(1e-12));
+}
+
+TEST_CASE("metrics: the Sparseness / Complexity accumulator is split-invariant and evaluate adds the columns on request") {
+  torch::manual_seed(5);
+  const auto maps = torch::rand({5, 4, 4}, torch::kDouble);
+  igrad::ComplexityAccumulator whole, split;
+  whole.add(maps);
+  split.add(maps.slice(0, 0, 2));
+  split.add(maps.slice(0, 2, 5));
+  double s = 0, c = 0;
+  for (int64_t i = 0; i < 5; ++i) {
+    s += gini_pairwise(values_of(maps[i])) / 5;
+    c += entropy_loop(values_of(maps[i])) / 5;
+  }
+  CHECK(whole.result().sparseness == doctest::Approx(s).epsilon(1e-12));
+  CHECK(whole.result().complexity == doctest::Approx(c).epsilon(1e-12));
+  CHECK(split.result().sparseness == whole.result().sparseness);
+  CHECK(split.result().complexity == whole.result().complexity);
+  CHECK(whole.result().images == 5);
+
+  SmallConv net(3);
+  net->to(torch::kDouble);
+  igrad::AnyModel model(net);
+  const auto x = torch::rand({5, 1, 6, 6}, torch::kDouble);
+  const auto y = labels({0, 1, 2, 0, 1});
+  const auto options = igrad::EvaluationOptions().causal(false).progress(false).batch_size(2);
+  const auto plain = igrad::evaluate(model, {image_explainer()}, {x, y}, options);
+  CHECK(plain.metrics() == std::vector<std::string>{"AD", "AI", "AG"});
+  const auto table = igrad::evaluate(model, {image_explainer()}, {x, y},
+                                     igrad::EvaluationOptions(options).complexity_metrics(true));
+  CHECK(table.metrics() == std::vector<std::string>{"AD", "AI", "AG", "Sparseness", "Complexity"});
+  const auto shown = image_explainer().maps(model, x, y);
+  double s_image = 0, c_image = 0;
+  for (int64_t i = 0; i < 5; ++i) {
+    s_image += gini_pairwise(values_of(shown[i])) / 5;
+    c_image += entropy_loop(values_of(shown[i])) / 5;
+  }
+  CHECK(table.at("Image", "Sparseness") == doctest::Approx(s_image).epsilon(1e-12));
+  CHECK(table.at("Image", "Complexity") == doctest::Approx(c_image).epsilon(1e-12));
+  CHECK(table.at("Image", "AD") == plain.at("Image", "AD"));
+}
+
+TEST_CASE("metrics: Spearman's rank correlation against hand-ranked maps with ties") {
+  // a = [1, 2, 2, 3] ranks [1, 2.5, 2.5, 4]; b = [4, 1, 3, 3] ranks [4, 1, 2.5, 2.5]:
+  // deviations from 2.5: [−1.5, 0, 0, 1.5] and [1.5, −1.5, 0, 0] -> −2.25 / 4.5 = −0.5.
+  const auto a = torch::tensor({1.0, 2.0, 2.0, 3.0}, torch::kDouble).view({1, 2, 2});
+  const auto b = torch::tensor({4.0, 1.0, 3.0, 3.0}, torch::kDouble).view({1, 2, 2});
+  CHECK(igrad::spearman_correlation(a, b)[0].item<double>() == doctest::Approx(-0.5).epsilon(1e-15));
+  CHECK(igrad::spearman_correlation(a, a * 10 + 1)[0].item<double>() == doctest::Approx(1.0).epsilon(1e-15));
+  CHECK(igrad::spearman_correlation(a, -a)[0].item<double>() == doctest::Approx(-1.0).epsilon(1e-15));
+  // Constant maps: 1 when both are, 0 when one is.
+  const auto flat = torch::full({1, 2, 2}, 0.5, torch::kDouble);
+  CHECK(igrad::spearman_correlation(flat, flat)[0].item<double>() == 1.0);
+  CHECK(igrad::spearman_correlation(flat, a)[0].item<double>() == 0.0);
+  // Random maps with many ties, per image, against ranks by counting.
+  torch::manual_seed(6);
+  const auto u = torch::randint(0, 4, {3, 5, 5}).to(torch::kDouble);
+  const auto v = torch::randint(0, 4, {3, 5, 5}).to(torch::kDouble);
+  const auto rho = igrad::spearman_correlation(u, v);
+  for (int64_t i = 0; i < 3; ++i)
+    CHECK(rho[i].item<double>() ==
+          doctest::Approx(pearson(ranks_by_counting(values_of(u[i])), ranks_by_counting(values_of(v[i])))).epsilon(1e-12));
+  CHECK_THROWS_AS(igrad::spearman_correlation(a, b.view({1, 4})), igrad::InvalidArgument);
+}
+
+TEST_CASE("metrics: model randomisation, layer by layer from the output, on a copy") {
+  torch::manual_seed(8);
+  WithSpare net;
+  const auto x = torch::randn({3, 1, 6, 6});
+  const auto y = labels({0, 1, 2});
+  CHECK(igrad::randomisation_layers(net) == std::vector<std::string>{"spare", "fc", "conv"});
+  // Not Cloneable: a fresh model of the same architecture receives the weights.
+  const auto make = [] { return WithSpare(); };
+
+  SUBCASE("a layer that does not influence the map gives correlation 1, the others less") {
+    const auto r = igrad::model_randomisation(net, make, gradient_explainer(), x, y);
+    CHECK(r.method == "Gradient");
+    CHECK(r.layers == std::vector<std::string>{"spare", "fc", "conv"});
+    REQUIRE(r.spearman.sizes() == torch::IntArrayRef({3, 3}));
+    for (int64_t i = 0; i < 3; ++i) CHECK(r.spearman[0][i].item<double>() == 1.0);
+    CHECK(r.mean_spearman[0] == 1.0);
+    CHECK(r.mean_spearman[1] < 0.99);
+    CHECK(r.mean_spearman[2] < 0.99);
+    const auto unaffected = igrad::model_randomisation(net, make, image_explainer(), x, y);
+    for (double m : unaffected.mean_spearman) CHECK(m == 1.0);
+  }
+  SUBCASE("each step's correlations are Spearman's of the kept maps, by counting") {
+    const auto r = igrad::model_randomisation(net, make, gradient_explainer(), x, y,
+                                              igrad::RandomisationOptions().keep_maps(true));
+    REQUIRE(r.maps.size() == 3);
+    for (size_t step = 0; step < 3; ++step) {
+      double mean = 0;
+      for (int64_t i = 0; i < 3; ++i) {
+        const double expected = pearson(ranks_by_counting(values_of(r.original_maps[i])),
+                                        ranks_by_counting(values_of(r.maps[step][i])));
+        if (step > 0) CHECK(r.spearman[static_cast<int64_t>(step)][i].item<double>() == doctest::Approx(expected).epsilon(1e-12));
+        mean += r.spearman[static_cast<int64_t>(step)][i].item<double>() / 3;
+      }
+      CHECK(r.mean_spearman[step] == doctest::Approx(mean).epsilon(1e-14));
+    }
+    // The original maps are the explainer's on the model itself.
+    CHECK(max_abs_diff(r.original_maps, gradient_explainer().maps(igrad::AnyModel(net), x, y)) < 1e-6);
+  }
+  SUBCASE("the weights are redrawn uniformly in ±1/√fan_in from the seeded generator, cascading or independently") {
+    // An explainer that records the copy's parameters (conv.weight, conv.bias, fc.weight, ...).
+    std::vector<std::vector<torch::Tensor>> seen;
+    igrad::Explainer recorder{"Recorder", [&](const igrad::AnyModel& model, const torch::Tensor& in,
+                                              const torch::Tensor&) {
+                                std::vector<torch::Tensor> ps;
+                                for (const auto& p : model.parameters()) ps.push_back(p.detach().clone());
+                                seen.push_back(ps);
+                                return image_explainer().maps(model, in, {});
+                              }};
+    // Draws by the documented rule, in order spare (weight, bias), fc, conv; fan_in = numel/size(0).
+    auto generator = at::make_generator<at::CPUGeneratorImpl>(uint64_t{42});
+    const auto draw = [&](const torch::Tensor& like, double fan_in) {
+      return ((torch::rand(like.sizes(), generator, torch::dtype(torch::kDouble)) * 2 - 1) / std::sqrt(fan_in))
+          .to(torch::kFloat);
+    };
+    const auto spare_w = draw(net->spare->weight, 4), spare_b = draw(net->spare->bias, 4);
+    const auto fc_w = draw(net->fc->weight, 27), fc_b = draw(net->fc->bias, 27);
+    const auto conv_w = draw(net->conv->weight, 9), conv_b = draw(net->conv->bias, 9);
+    // model.parameters(): conv.weight, conv.bias, fc.weight, fc.bias, spare.weight, spare.bias.
+    igrad::model_randomisation(net, make, recorder, x, y);
+    REQUIRE(seen.size() == 4);
+    CHECK(torch::equal(seen[0][0], net->conv->weight));
+    CHECK(torch::equal(seen[1][4], spare_w));
+    CHECK(torch::equal(seen[1][5], spare_b));
+    CHECK(torch::equal(seen[1][2], net->fc->weight));
+    CHECK(torch::equal(seen[2][2], fc_w));
+    CHECK(torch::equal(seen[2][3], fc_b));
+    CHECK(torch::equal(seen[2][4], spare_w));  // cascading: spare stays randomised
+    CHECK(torch::equal(seen[2][0], net->conv->weight));
+    CHECK(torch::equal(seen[3][0], conv_w));
+    CHECK(torch::equal(seen[3][1], conv_b));
+    CHECK(torch::equal(seen[3][2], fc_w));
+    seen.clear();
+    igrad::model_randomisation(net, make, recorder, x, y,
+                               igrad::RandomisationOptions().order(igrad::RandomisationOrder::independent));
+    REQUIRE(seen.size() == 4);
+    CHECK(torch::equal(seen[2][2], fc_w));
+    CHECK(torch::equal(seen[2][4], net->spare->weight));  // independent: spare restored
+    CHECK(torch::equal(seen[3][0], conv_w));
+    CHECK(torch::equal(seen[3][2], net->fc->weight));
+    seen.clear();
+    igrad::model_randomisation(net, make, recorder, x, y, igrad::RandomisationOptions().seed(7));
+    CHECK(!torch::equal(seen[2][2], fc_w));
+  }
+  SUBCASE("the user's model is unchanged: parameters, buffers, .grad, mode, global random stream") {
+    SmallConv bn_net(3, true);
+    bn_net->train();
+    bn_net->forward(torch::randn({4, 1, 6, 6}));  // non-trivial running statistics
+    bn_net->fc->weight.mutable_grad() = torch::full_like(bn_net->fc->weight, 0.25);
+    const ModuleSnapshot before(*bn_net);
+    torch::manual_seed(123);
+    const auto expected_draw = torch::rand({4});
+    torch::manual_seed(123);
+    const auto r = igrad::model_randomisation(bn_net, [] { return SmallConv(3, true); },
+                                              gradient_explainer(), x, y);
+    CHECK(torch::equal(torch::rand({4}), expected_draw));
+    CHECK(ModuleSnapshot(*bn_net).same_as(before));
+    CHECK(bn_net->is_training());
+    CHECK(r.layers == std::vector<std::string>{"fc", "bn", "conv"});
+    // A Cloneable model (Sequential) takes the overload without make_model.
+    torch::nn::Sequential seq(torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 2, 3)),
+                              torch::nn::ReLU(), torch::nn::Flatten(),
+                              torch::nn::Linear(2 * 4 * 4, 3));
+    const ModuleSnapshot seq_before(*seq);
+    const auto s = igrad::model_randomisation(seq, gradient_explainer(), x, y);
+    CHECK(s.layers == std::vector<std::string>{"3", "0"});
+    CHECK(ModuleSnapshot(*seq).same_as(seq_before));
+    CHECK(s.mean_spearman[0] < 0.99);
+    // A module seen through an adapter: the clone is wrapped by as_model; same draws, same numbers.
+    const auto adapted = igrad::model_randomisation(
+        seq.ptr(),
+        [](const std::shared_ptr<torch::nn::Module>& m) {
+          return igrad::AnyModel(torch::nn::Sequential(std::dynamic_pointer_cast<torch::nn::SequentialImpl>(m)));
+        },
+        gradient_explainer(), x, y);
+    CHECK(ModuleSnapshot(*seq).same_as(seq_before));
+    CHECK(adapted.layers == s.layers);
+    CHECK(torch::equal(adapted.spearman, s.spearman));
+  }
+  SUBCASE("a batch gives the same numbers as its images one at a time") {
+    const auto whole = igrad::model_randomisation(net, make, gradient_explainer(), x, y);
+    const auto chunked = igrad::model_randomisation(net, make, gradient_explainer(), x, y,
+                                                    igrad::RandomisationOptions().batch_size(2));
+    CHECK(max_abs_diff(whole.spearman, chunked.spearman) < 1e-12);
+    for (int64_t i = 0; i < 3; ++i) {
+      const auto single = igrad::model_randomisation(net, make, gradient_explainer(), x.slice(0, i, i + 1),
+                                                     y.slice(0, i, i + 1));
+      CHECK(max_abs_diff(single.spearman.select(1, 0), whole.spearman.select(1, i)) < 1e-6);
+    }
+    // Without targets, the predicted classes.
+    torch::Tensor predicted;
+    {
+      torch::NoGradGuard no_grad;
+      predicted = net->forward(x).argmax(1);
+    }
+    const auto implicit = igrad::model_randomisation(net, make, gradient_explainer(), x);
+    const auto explicit_ = igrad::model_randomisation(net, make, gradient_explainer(), x, predicted);
+    CHECK(torch::equal(implicit.spearman, explicit_.spearman));
+  }
+  SUBCASE("bad input gives igrad errors") {
+    const auto contains = [](const std::string& message, const std::string& part) {
+      INFO(message);
+      CHECK(message.find(part) != std::string::npos);
+    };
+    contains(error_of([&] { igrad::model_randomisation(net, make, gradient_explainer(), x.slice(0, 0, 0)); }),
+             "empty batch");
+    Probe probe(1.0);
+    contains(error_of([&] { igrad::model_randomisation(probe, [] { return Probe(1.0); }, image_explainer(), x); }),
+             "no parameters");
+    contains(error_of([&] { igrad::model_randomisation(net, gradient_explainer(), x, y); }),
+             "Cloneable");
+    contains(error_of([&] { igrad::model_randomisation(net, [] { return WithSpare(); }, gradient_explainer(), x, labels({0, 1, 3})); }),
+             "expected class indices in [0, 3)");
+    SmallConv with_bn(3, true);
+    contains(error_of([&] { igrad::model_randomisation(with_bn, [] { return SmallConv(3); }, gradient_explainer(), x, y); }),
+             "same architecture");
+    igrad::Explainer nan_maps{"NaN", [](const igrad::AnyModel&, const torch::Tensor& in, const torch::Tensor&) {
+                                return torch::full({in.size(0), 6, 6}, std::nan(""));
+                              }};
+    CHECK_THROWS_AS(igrad::model_randomisation(net, make, nan_maps, x, y), igrad::NumericalError);
+    CHECK_THROWS_AS(igrad::sparseness(torch::full({1, 2, 2}, std::nan(""))), igrad::InvalidArgument);
+    CHECK_THROWS_AS(igrad::complexity(torch::zeros({0, 2, 2})), igrad::InvalidArgument);
+    CHECK_THROWS_AS(igrad::ComplexityAccumulator().result(), igrad::InvalidArgument);
+  }
+}
+
+TEST_CASE("metrics: the randomisation figure has the grid of maps over the correlation curve") {
+  torch::manual_seed(9);
+  SmallConv net(3, true);
+  const auto x = torch::randn({3, 1, 6, 6});
+  const auto r = igrad::model_randomisation(net, [] { return SmallConv(3, true); }, gradient_explainer(), x,
+                                            labels({0, 1, 2}), igrad::RandomisationOptions().keep_maps(true));
+  const auto path = (std::filesystem::temp_directory_path() / "igrad_randomisation_figure.png").string();
+  std::filesystem::remove(path);
+  igrad::write_randomisation_figure(path, x, r, igrad::RandomisationFigureOptions().scale(4));
+  // Columns: image, original, 3 steps, cells 24 px, padding 2, a 14 px label band (text scale 1);
+  // 3 rows; the plot is max(grid width, 320) wide and 240 high; the title band 18 px.
+  const int64_t grid_width = 5 * (24 + 2) + 2, grid_height = 3 * (24 + 2) + 2 + 14;
+  const int64_t width = std::max<int64_t>(grid_width, 320), height = 18 + grid_height + 240;
+  std::ifstream png(path, std::ios::binary);
+  REQUIRE(png.good());
+  unsigned char header[24] = {};
+  png.read(reinterpret_cast<char*>(header), 24);
+  const auto big_endian = [&](int at) {
+    return (int64_t{header[at]} << 24) | (int64_t{header[at + 1]} << 16) | (int64_t{header[at + 2]} << 8) |
+           int64_t{header[at + 3]};
+  };
+  CHECK(big_endian(16) == width);
+  CHECK(big_endian(20) == height);
+  png.close();
+  std::filesystem::remove(path);
+  const auto no_maps = igrad::model_randomisation(net, [] { return SmallConv(3, true); }, gradient_explainer(), x,
+                                                  labels({0, 1, 2}));
+  CHECK_THROWS_AS(igrad::randomisation_figure(x, no_maps), igrad::InvalidArgument);
+}
+
+TEST_CASE("metrics: max-sensitivity is the largest relative change of the map under the drawn perturbations") {
+  torch::manual_seed(10);
+  SmallConv net(3);
+  igrad::AnyModel model(net);
+  auto x = torch::randn({3, 1, 6, 6});
+  x[2].zero_();  // a map of zeros: the unnormalised change
+  const auto y = labels({0, 1, 2});
+  // e(x) = the image's first channel, and every input the explainer is given, recorded.
+  std::vector<torch::Tensor> inputs;
+  igrad::Explainer identity{"Identity", [&](const igrad::AnyModel&, const torch::Tensor& in,
+                                            const torch::Tensor&) {
+                              inputs.push_back(in.detach().clone());
+                              return in.select(1, 0).clone();
+                            }};
+  const auto options = igrad::SensitivityOptions().samples(4).radius(0.1).seed(3);
+  net->train();
+  const auto s = igrad::max_sensitivity(model, identity, x, y, options);
+  CHECK(net->is_training());
+  REQUIRE(inputs.size() == 5);
+  REQUIRE(s.sizes() == torch::IntArrayRef({3}));
+  for (int64_t i = 0; i < 3; ++i) {
+    double largest = 0, norm = 0;
+    for (double v : values_of(x[i][0])) norm += v * v;
+    norm = std::sqrt(norm);
+    for (size_t j = 1; j < inputs.size(); ++j) {
+      const auto delta = values_of(inputs[j][i][0]), base = values_of(x[i][0]);
+      const auto first_image_delta = values_of(inputs[j][0] - x[0]);
+      double squared = 0;
+      for (size_t k = 0; k < delta.size(); ++k) {
+        const double d = delta[k] - base[k];
+        CHECK(std::abs(d) <= 0.1 + 1e-6);                          // in the L∞ ball
+        CHECK(d == doctest::Approx(first_image_delta[k]).epsilon(1e-5));  // the same δ_j for every image
+        squared += d * d;
+      }
+      largest = std::max(largest, std::sqrt(squared));
+    }
+    CHECK(s[i].item<double>() == doctest::Approx(norm > 0 ? largest / norm : largest).epsilon(1e-12));
+  }
+  CHECK(s[2].item<double>() > 0);
+  // A batch gives the numbers of its images one at a time.
+  const auto chunked = igrad::max_sensitivity(model, identity, x, y, igrad::SensitivityOptions(options).batch_size(1));
+  CHECK(torch::equal(chunked, s));
+  const auto single = igrad::max_sensitivity(model, identity, x.slice(0, 1, 2), y.slice(0, 1, 2), options);
+  CHECK(single[0].item<double>() == s[1].item<double>());
+  // A map that ignores the image does not move.
+  igrad::Explainer constant{"Constant", [](const igrad::AnyModel&, const torch::Tensor& in, const torch::Tensor&) {
+                              return torch::ones({in.size(0), 6, 6});
+                            }};
+  CHECK(igrad::max_sensitivity(model, constant, x, y).abs().max().item<double>() == 0.0);
+  // Misuse.
+  CHECK_THROWS_AS(igrad::max_sensitivity(model, identity, x, y, igrad::SensitivityOptions().samples(0)),
+                  igrad::InvalidArgument);
+  CHECK_THROWS_AS(igrad::max_sensitivity(model, identity, x, y, igrad::SensitivityOptions().radius(-1)),
+                  igrad::InvalidArgument);
+  CHECK_THROWS_AS(igrad::max_sensitivity(model, identity, x.slice(0, 0, 0)), igrad::InvalidArgument);
+  CHECK_THROWS_AS(igrad::max_sensitivity(model, identity, x, labels({0, 1, 5})), igrad::InvalidArgument);
+  igrad::Explainer nan_maps{"NaN", [](const igrad::AnyModel&, const torch::Tensor& in, const torch::Tensor&) {
+                              return torch::full({in.size(0), 6, 6}, std::nan(""));
+                            }};
+  CHECK_THROWS_AS(igrad::max_sensitivity(model, nan_maps, x, y), igrad::NumericalError);
+}
+
+namespace {
+
+/// A feature/head model (conv → ReLU = features; GAP → Linear = head) with an unused Linear
+/// registered last, for the CAM methods.
+struct SplitWithSpareImpl : torch::nn::Module {
+  SplitWithSpareImpl() {
+    conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 4, 3).padding(1)));
+    fc = register_module("fc", torch::nn::Linear(4, 3));
+    spare = register_module("spare", torch::nn::Linear(2, 2));
+  }
+  torch::Tensor features(const torch::Tensor& x) { return torch::relu(conv(x)); }
+  torch::Tensor head(const torch::Tensor& a) { return fc(a.mean({2, 3})); }
+  torch::Tensor forward(const torch::Tensor& x) { return head(features(x)); }
+  torch::nn::Conv2d conv{nullptr};
+  torch::nn::Linear fc{nullptr}, spare{nullptr};
+};
+TORCH_MODULE(SplitWithSpare);
+
+}  // namespace
+
+TEST_CASE("metrics: model randomisation of igrad's Grad-CAM keeps the copy's features/head split") {
+  torch::manual_seed(12);
+  SplitWithSpare net;
+  const auto x = torch::randn({2, 1, 6, 6});
+  const auto y = labels({0, 2});
+  const auto explainers = igrad::cam_explainers(boost::hana::tuple_t<igrad::GradCam>);
+  const ModuleSnapshot before(*net);
+  const auto r = igrad::model_randomisation(net, [] { return SplitWithSpare(); }, explainers.front(), x, y);
+  CHECK(ModuleSnapshot(*net).same_as(before));
+  CHECK(r.method == "Grad-CAM");
+  CHECK(r.layers == std::vector<std::string>{"spare", "fc", "conv"});
+  CHECK(r.mean_spearman[0] == 1.0);  // the unused layer
+  CHECK(r.mean_spearman[1] < 0.99);  // Grad-CAM's weights come from fc
+  // The original maps are Grad-CAM's on the model itself.
+  CHECK(max_abs_diff(r.original_maps, igrad::explain<igrad::GradCam>(igrad::AnyModel(net), x, y)) < 1e-6);
+}
+
+TEST_CASE("metrics: SSIM over 7x7 windows as scikit-image computes it, and per randomisation step") {
+  torch::manual_seed(13);
+  const auto a = torch::rand({2, 8, 9}, torch::kDouble);
+  const auto b = torch::rand({2, 8, 9}, torch::kDouble) * 0.5;
+  const auto s = igrad::structural_similarity(a, b);
+  for (int64_t i = 0; i < 2; ++i) {
+    const auto ai = a[i].contiguous(), bi = b[i].contiguous();
+    const auto u = ai.accessor<double, 2>();
+    const auto v = bi.accessor<double, 2>();
+    double low = 1e300, high = -1e300;
+    for (int64_t r = 0; r < 8; ++r)
+      for (int64_t c = 0; c < 9; ++c)
+        low = std::min(low, std::min(u[r][c], v[r][c])), high = std::max(high, std::max(u[r][c], v[r][c]));
+    const double c1 = std::pow(0.01 * (high - low), 2), c2 = std::pow(0.03 * (high - low), 2);
+    double total = 0;
+    int windows = 0;
+    for (int64_t r0 = 0; r0 + 7 <= 8; ++r0)
+      for (int64_t q0 = 0; q0 + 7 <= 9; ++q0) {
+        double mu = 0, mv = 0;
+        for (int64_t r = r0; r < r0 + 7; ++r)
+          for (int64_t c = q0; c < q0 + 7; ++c) mu += u[r][c] / 49, mv += v[r][c] / 49;
+        double vu = 0, vv = 0, cuv = 0;
+        for (int64_t r = r0; r < r0 + 7; ++r)
+          for (int64_t c = q0; c < q0 + 7; ++c) {
+            vu += (u[r][c] - mu) * (u[r][c] - mu) / 48;
+            vv += (v[r][c] - mv) * (v[r][c] - mv) / 48;
+            cuv += (u[r][c] - mu) * (v[r][c] - mv) / 48;
+          }
+        total += (2 * mu * mv + c1) * (2 * cuv + c2) / ((mu * mu + mv * mv + c1) * (vu + vv + c2));
+        ++windows;
+      }
+    CHECK(windows == 6);
+    CHECK(s[i].item<double>() == doctest::Approx(total / windows).epsilon(1e-10));
+  }
+  CHECK(igrad::structural_similarity(a, a).eq(1.0).all().item<bool>());
+  CHECK(igrad::structural_similarity(torch::full({1, 7, 7}, 0.5), torch::full({1, 7, 7}, 0.5))[0].item<double>() == 1.0);
+  CHECK_THROWS_AS(igrad::structural_similarity(torch::rand({1, 6, 9}), torch::rand({1, 6, 9})), igrad::InvalidArgument);
+
+  SplitWithSpare net;
+  const auto x = torch::randn({2, 1, 8, 8});
+  const auto r = igrad::model_randomisation(net, [] { return SplitWithSpare(); }, gradient_explainer(), x,
+                                            labels({0, 1}), igrad::RandomisationOptions().ssim(true).keep_maps(true));
+  REQUIRE(r.ssim.sizes() == torch::IntArrayRef({3, 2}));
+  CHECK(r.mean_ssim[0] == 1.0);  // the unused layer
+  const auto by_max = [](const torch::Tensor& m) {
+    return m.to(torch::kDouble) / m.to(torch::kDouble).flatten(1).amax(1).view({-1, 1, 1});
+  };
+  for (int64_t step = 1; step < 3; ++step) {
+    const auto expected = igrad::structural_similarity(by_max(r.original_maps), by_max(r.maps[static_cast<size_t>(step)]));
+    CHECK(max_abs_diff(r.ssim[step], expected) < 1e-12);
+    CHECK(r.mean_ssim[static_cast<size_t>(step)] == doctest::Approx(expected.mean().item<double>()).epsilon(1e-12));
+  }
+  CHECK_THROWS_AS(igrad::model_randomisation(net, [] { return SplitWithSpare(); }, gradient_explainer(),
+                                             torch::randn({1, 1, 6, 6}), labels({0}), igrad::RandomisationOptions().ssim(true)),
+                  igrad::InvalidArgument);
 }

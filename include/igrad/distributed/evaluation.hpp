@@ -73,6 +73,7 @@ inline MetricsTable evaluate(const ProcessGroup& group, const AnyModel& model,
   std::vector<std::string> metrics{"AD", "AI", "AG"};
   if (options.causal()) metrics.insert(metrics.end(), {"Insertion", "Deletion"});
   if (data.regions.defined()) metrics.insert(metrics.end(), {"Pointing", "EnergyPointing"});
+  if (options.complexity_metrics()) metrics.insert(metrics.end(), {"Sparseness", "Complexity"});
   MetricsTable empty(metrics);
   for (const auto& e : explainers) empty.add_row(e.name, std::vector<double>(metrics.size(), 0.0));
   return reduce_table(group, empty, 0);

@@ -8,6 +8,7 @@
 #include <igrad/detail/tensor_checks.hpp>
 #include <igrad/exceptions.hpp>
 #include <igrad/metrics/causal.hpp>
+#include <igrad/metrics/complexity.hpp>
 #include <igrad/metrics/faithfulness.hpp>
 #include <igrad/metrics/masking.hpp>
 #include <igrad/metrics/pointing.hpp>
@@ -74,6 +75,9 @@ struct EvaluationOptions {
   TORCH_ARG(bool, causal) = true;
   /// Insertion / deletion settings; its `normalization` and `target` are replaced by the ones above.
   TORCH_ARG(CausalOptions, causal_options) = {};
+  /// Add the columns `Sparseness` and `Complexity` (the means of the per-image measures of
+  /// `<igrad/metrics/complexity.hpp>`); off by default, so tables keep their columns.
+  TORCH_ARG(bool, complexity_metrics) = false;
   /// Pointing-game settings (tolerance, box convention), used when the data has regions.
   TORCH_ARG(PointingOptions, pointing_options) = {};
   /// Show progress on `progress_stream`: redrawn in place on a terminal, a line every 10% else.
@@ -180,13 +184,15 @@ MetricsTable evaluate_batches(const AnyModel& model, const std::vector<Explainer
     FaithfulnessAccumulator faithfulness;
     CausalAccumulator insertion, deletion;
     PointingAccumulator pointing;
+    ComplexityAccumulator complexity;
   };
   std::vector<Accumulators> accumulators;
   for (std::size_t i = 0; i < explainers.size(); ++i)
     accumulators.push_back({FaithfulnessAccumulator(masking),
                             CausalAccumulator(CausalMetric::insertion, causal_options),
                             CausalAccumulator(CausalMetric::deletion, causal_options),
-                            PointingAccumulator(options.pointing_options())});
+                            PointingAccumulator(options.pointing_options()),
+                            ComplexityAccumulator()});
 
   TrainingModeGuard eval_mode(model, false);
   EvaluationProgress progress(options, total_batches);
@@ -215,6 +221,7 @@ MetricsTable evaluate_batches(const AnyModel& model, const std::vector<Explainer
         acc.deletion.add(model, batch.images, maps, classes);
       }
       if (has_regions) acc.pointing.add(checked_maps(maps, batch.images), batch.regions);
+      if (options.complexity_metrics()) acc.complexity.add(checked_maps(maps, batch.images));
     }
     images += n;
     progress.batch_done(n);
@@ -225,6 +232,7 @@ MetricsTable evaluate_batches(const AnyModel& model, const std::vector<Explainer
   std::vector<std::string> metrics{"AD", "AI", "AG"};
   if (options.causal()) metrics.insert(metrics.end(), {"Insertion", "Deletion"});
   if (with_regions.value_or(false)) metrics.insert(metrics.end(), {"Pointing", "EnergyPointing"});
+  if (options.complexity_metrics()) metrics.insert(metrics.end(), {"Sparseness", "Complexity"});
   MetricsTable table(metrics);
   for (std::size_t e = 0; e < explainers.size(); ++e) {
     const auto& acc = accumulators[e];
@@ -234,6 +242,10 @@ MetricsTable evaluate_batches(const AnyModel& model, const std::vector<Explainer
     if (with_regions.value_or(false)) {
       const auto p = acc.pointing.result();
       row.insert(row.end(), {p.pointing_game, p.energy_pointing_game});
+    }
+    if (options.complexity_metrics()) {
+      const auto c = acc.complexity.result();
+      row.insert(row.end(), {c.sparseness, c.complexity});
     }
     table.add_row(explainers[e].name, std::move(row));
   }

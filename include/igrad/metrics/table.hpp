@@ -26,7 +26,9 @@ namespace igrad {
 ///
 /// The metric columns `evaluate` fills, with their units and which way is better:
 /// `AD` (%, lower), `AI` (%, higher), `AG` (%, higher), `Insertion` (AUC in [0, 1], higher),
-/// `Deletion` (AUC in [0, 1], lower), `Pointing` (% hits, higher), `EnergyPointing` (%, higher).
+/// `Deletion` (AUC in [0, 1], lower), `Pointing` (% hits, higher), `EnergyPointing` (%, higher),
+/// and with `EvaluationOptions::complexity_metrics`: `Sparseness` (mean Gini index in [0, 1],
+/// higher: sparser), `Complexity` (mean entropy in nats, lower: more concentrated).
 ///
 /// `to_csv()` and `to_markdown()` write every number in the shortest form that reads back to the
 /// same double, so a table survives a round trip through a file; `fmt::format("{}", table)` (and
