@@ -5,7 +5,9 @@
 #include <igrad/errors/error_functions.hpp>
 #include <igrad/rules/backprop_rules.hpp>
 
-#include <boost/hana.hpp>
+#include <boost/hana/for_each.hpp>
+#include <boost/hana/tuple.hpp>
+#include <boost/hana/type.hpp>
 
 namespace igrad {
 

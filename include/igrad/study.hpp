@@ -13,7 +13,9 @@
 #include <igrad/metrics/evaluate_cams.hpp>
 #include <igrad/model.hpp>
 
-#include <boost/hana.hpp>
+#include <boost/hana/for_each.hpp>
+#include <boost/hana/tuple.hpp>
+#include <boost/hana/type.hpp>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <torch/torch.h>

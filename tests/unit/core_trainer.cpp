@@ -2,6 +2,9 @@
 // its callbacks, the Hana ablation.
 #include "test_support.hpp"
 
+#include <boost/hana/equal.hpp>
+#include <boost/hana/length.hpp>
+
 #include <cmath>
 #include <cstdio>
 #include <filesystem>

@@ -8,7 +8,8 @@
 #include <igrad/cam/gradient_methods.hpp>
 #include <igrad/cam/guided_grad_cam.hpp>
 
-#include <boost/hana.hpp>
+#include <boost/hana/tuple.hpp>
+#include <boost/hana/type.hpp>
 #include <torch/torch.h>
 
 #include <algorithm>

@@ -10,7 +10,10 @@
 #include <igrad/cam.hpp>
 #include <igrad/metrics/evaluate.hpp>
 
-#include <boost/hana.hpp>
+#include <boost/hana/core/is_a.hpp>
+#include <boost/hana/for_each.hpp>
+#include <boost/hana/tuple.hpp>
+#include <boost/hana/type.hpp>
 
 #include <iterator>
 #include <string>

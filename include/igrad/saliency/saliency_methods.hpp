@@ -16,7 +16,8 @@
 #include <igrad/rules/input_gradient.hpp>
 #include <igrad/saliency/quadrature.hpp>
 
-#include <boost/hana.hpp>
+#include <boost/hana/tuple.hpp>
+#include <boost/hana/type.hpp>
 #include <torch/arg.h>
 #include <torch/torch.h>
 
