@@ -97,8 +97,9 @@ class ComplexityAccumulator {
 
   /// @brief Adds the maps `[N, ...]` of a batch.
   void add(const torch::Tensor& maps) {
-    const auto s = sparseness(maps, offset_).contiguous();
-    const auto c = complexity(maps).contiguous();
+    // On the host: the maps of a CUDA model stay on its device until here.
+    const auto s = sparseness(maps, offset_).cpu().contiguous();
+    const auto c = complexity(maps).cpu().contiguous();
     for (int64_t i = 0; i < s.size(0); ++i) {
       sparseness_ += s.data_ptr<double>()[i];
       complexity_ += c.data_ptr<double>()[i];
