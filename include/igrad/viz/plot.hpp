@@ -99,6 +99,9 @@ struct PlotOptions {
   TORCH_ARG(std::string, x_label) = "";
   /// Smooth each curve with a centred moving average of this many points (1: raw).
   TORCH_ARG(int64_t, smoothing) = 1;
+  /// Ordinates the y axis spans besides the data's (e.g. {0, 1}, so that plots of correlations
+  /// share a scale); none by default.
+  TORCH_ARG(std::vector<double>, y_include) = {};
 };
 
 /// @brief A line plot of the series on shared axes, with min/max tick labels and a legend;
@@ -139,6 +142,10 @@ inline torch::Tensor line_plot(const std::vector<Series>& series, const PlotOpti
     smoothed.push_back(std::move(y));
   }
   detail::require(std::isfinite(x_min), "line_plot: no finite point to draw");
+  for (const double y : options.y_include()) {
+    y_min = std::min(y_min, y);
+    y_max = std::max(y_max, y);
+  }
   if (x_max == x_min) x_max = x_min + 1;
   if (y_max == y_min) y_max = y_min + 1;
   const int width = static_cast<int>(options.width()), height = static_cast<int>(options.height());

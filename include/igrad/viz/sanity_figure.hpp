@@ -109,37 +109,19 @@ inline torch::Tensor randomisation_figure(const torch::Tensor& images,
       ExplanationGridOptions().scale(options.scale()).colormap(options.colormap())
           .column_labels(labels));
 
-  Series curve;
-  curve.label = "mean Spearman";
-  for (std::size_t s = 0; s < result.mean_spearman.size(); ++s) {
-    curve.x.push_back(static_cast<double>(s + 1));
-    curve.y.push_back(result.mean_spearman[s]);
-  }
-  std::vector<Series> curves{curve};
-  if (!result.mean_ssim.empty()) {
-    Series similarity;
-    similarity.label = "mean SSIM";
-    similarity.color = {255, 127, 14};
-    for (std::size_t s = 0; s < result.mean_ssim.size(); ++s) {
-      similarity.x.push_back(static_cast<double>(s + 1));
-      similarity.y.push_back(result.mean_ssim[s]);
-    }
-    curves.push_back(std::move(similarity));
-  }
-  // Two invisible single points (white, unlabelled, listed last) stretch the axis over [0, 1]
-  // at least, so that figures of several methods share a scale; a lone point draws no line.
-  for (const double level : {0.0, 1.0}) {
-    Series anchor;
-    anchor.x = {1.0};
-    anchor.y = {level};
-    anchor.color = {255, 255, 255};
-    curves.push_back(std::move(anchor));
-  }
+  const auto curve = [](std::string label, const std::vector<double>& values, Rgb color) {
+    Series series{std::move(label), {}, values, color};
+    for (std::size_t s = 0; s < values.size(); ++s) series.x.push_back(static_cast<double>(s + 1));
+    return series;
+  };
+  std::vector<Series> curves{curve("mean Spearman", result.mean_spearman, Series{}.color)};
+  if (!result.mean_ssim.empty()) curves.push_back(curve("mean SSIM", result.mean_ssim, {255, 127, 14}));
   const auto plot = line_plot(
       curves, PlotOptions()
                    .width(std::max<int64_t>(grid.size(1), 320))
                    .height(options.plot_height())
-                   .x_label("layers randomised, output first"));
+                   .x_label("layers randomised, output first")
+                   .y_include({0.0, 1.0}));  // figures of several methods share a scale
   auto figure = torch::full({grid.size(0) + plot.size(0), plot.size(1), 3}, 255, torch::kUInt8);
   figure.slice(0, 0, grid.size(0)).slice(1, 0, grid.size(1)).copy_(grid);
   figure.slice(0, grid.size(0)).copy_(plot);
