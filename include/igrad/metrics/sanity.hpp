@@ -7,6 +7,7 @@
 
 #include <igrad/concepts.hpp>
 #include <igrad/detail/batched_jobs.hpp>
+#include <igrad/detail/cpu_generator.hpp>
 #include <igrad/detail/tensor_checks.hpp>
 #include <igrad/exceptions.hpp>
 #include <igrad/metrics/evaluate.hpp>
@@ -64,21 +65,6 @@ inline torch::Tensor host_maps(const torch::Tensor& maps, std::string_view what)
   require(all_finite(maps), "{} contain NaN or infinite values; expected finite values", what);
   return maps.detach().to(torch::kCPU, torch::kDouble).flatten(1).contiguous();
 }
-
-/// Restores the global CPU generator's state on exit: building a copy of a model runs its
-/// modules' default initialisation, which would otherwise advance the caller's random stream.
-class GlobalGeneratorGuard {
- public:
-  GlobalGeneratorGuard()
-      : generator_(at::detail::getDefaultCPUGenerator()), state_(generator_.get_state()) {}
-  ~GlobalGeneratorGuard() { generator_.set_state(state_); }
-  GlobalGeneratorGuard(const GlobalGeneratorGuard&) = delete;
-  GlobalGeneratorGuard& operator=(const GlobalGeneratorGuard&) = delete;
-
- private:
-  at::Generator generator_;
-  torch::Tensor state_;
-};
 
 /// A module holder (`ModuleHolder`) or `std::shared_ptr` as a `std::shared_ptr<nn::Module>`.
 template <class M>
@@ -459,7 +445,7 @@ RandomisationResult model_randomisation(const M& model, const Explainer& explain
   using Impl = std::remove_cvref_t<decltype(*model)>;
   std::shared_ptr<Impl> cloned;
   {
-    detail::GlobalGeneratorGuard keep_global_stream;
+    detail::CpuGeneratorStateGuard keep_global_stream;
     try {
       cloned = std::dynamic_pointer_cast<Impl>(module->clone());
     } catch (const c10::Error& e) {
@@ -493,7 +479,7 @@ RandomisationResult model_randomisation(const M& model, MakeModel&& make_model,
   detail::check_randomisation_inputs(module, explainer, x, options);
   std::optional<M> copy;
   {
-    detail::GlobalGeneratorGuard keep_global_stream;
+    detail::CpuGeneratorStateGuard keep_global_stream;
     copy.emplace(make_model());
   }
   const auto copied = detail::module_pointer(*copy);
@@ -519,7 +505,7 @@ inline RandomisationResult model_randomisation(
                                                "expected a function that wraps the copied module");
   std::shared_ptr<torch::nn::Module> cloned;
   {
-    detail::GlobalGeneratorGuard keep_global_stream;
+    detail::CpuGeneratorStateGuard keep_global_stream;
     try {
       cloned = module->clone();
     } catch (const c10::Error& e) {

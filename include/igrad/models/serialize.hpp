@@ -8,11 +8,11 @@
 /// `<igrad/callbacks/checkpoint.hpp>`, which includes this header.
 
 #include <igrad/detail/archive_integrity.hpp>
+#include <igrad/detail/cpu_generator.hpp>
 #include <igrad/detail/tensor_checks.hpp>
 #include <igrad/exceptions.hpp>
 #include <igrad/model.hpp>
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include <cxxabi.h>
@@ -20,7 +20,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
-#include <mutex>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -93,19 +92,6 @@ struct CheckpointInfo {
 };
 
 namespace detail {
-/// The state of LibTorch's default CPU generator (which shuffles data loaders).
-inline torch::Tensor cpu_generator_state() {
-  auto generator = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(generator.mutex());
-  return generator.get_state();
-}
-
-/// Sets the state of LibTorch's default CPU generator.
-inline void set_cpu_generator_state(const torch::Tensor& state) {
-  auto generator = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(generator.mutex());
-  generator.set_state(state);
-}
 
 /// The optimizer's class, readable ("torch::optim::Adam"), stored so that a checkpoint of
 /// another optimizer kind is refused before anything is loaded.
