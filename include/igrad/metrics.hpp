@@ -1,7 +1,8 @@
 #pragma once
 /// @file metrics.hpp
 /// @brief Measure explanations (SPEC §5): Average Drop / Increase / Gain, insertion and deletion,
-/// the pointing games, Sparseness and Complexity, max-sensitivity, the model parameter randomisation test, and
+/// the pointing games, Sparseness and Complexity, max-sensitivity, ROAD, faithfulness
+/// correlation, infidelity, the model parameter randomisation test, and
 /// `evaluate`, which puts them in one method × metric table.
 ///
 /// The Boost.Hana overload that turns CAM types into explainers lives in
@@ -12,7 +13,9 @@
 #include <igrad/metrics/evaluate.hpp>
 #include <igrad/metrics/faithfulness.hpp>
 #include <igrad/metrics/masking.hpp>
+#include <igrad/metrics/perturbation.hpp>
 #include <igrad/metrics/pointing.hpp>
+#include <igrad/metrics/road.hpp>
 #include <igrad/metrics/sanity.hpp>
 #include <igrad/metrics/sensitivity.hpp>
 #include <igrad/metrics/table.hpp>

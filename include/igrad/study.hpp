@@ -98,9 +98,11 @@ inline std::vector<Explainer> cam_explainers_by_name(const std::vector<std::stri
   return result;
 }
 
-/// @brief Whether larger values of a metric are better (SPEC §5: all but AD and Deletion).
+/// @brief Whether larger values of a metric are better: all of `MetricsTable`'s columns but AD,
+/// Deletion, Complexity and Infidelity (lower is better there).
 inline bool larger_is_better(const std::string& metric) {
-  return metric != "AD" && metric != "Deletion";
+  return metric != "AD" && metric != "Deletion" && metric != "Complexity" &&
+         metric != "Infidelity";
 }
 
 /// @brief Per-image values of each metric: `values["GradCam/AD"][i]` is image i's term, so the
@@ -129,12 +131,22 @@ struct PerImageOptions {
   TORCH_ARG(CausalOptions, causal_options) = {};
   /// Pointing-game settings, used when `regions` are given.
   TORCH_ARG(PointingOptions, pointing_options) = {};
+  /// Also Sparseness and Complexity (`<igrad/metrics/complexity.hpp>`).
+  TORCH_ARG(bool, complexity_metrics) = false;
+  /// When set, also ROAD (`road`'s combined score) with these settings (target replaced).
+  TORCH_ARG(std::optional<RoadOptions>, road) = std::nullopt;
+  /// When set, also FaithCorr (`faithfulness_correlation`) with these settings (target
+  /// replaced; an unset normalisation by the one above).
+  TORCH_ARG(std::optional<FaithfulnessCorrelationOptions>, faithfulness_correlation) = std::nullopt;
+  /// When set, also Infidelity (`infidelity`) with these settings (target replaced).
+  TORCH_ARG(std::optional<InfidelityOptions>, infidelity) = std::nullopt;
 };
 
 /// @brief Every metric of SPEC §5 per image, for each explainer, scoring the ground-truth class:
-/// AD, AI, AG (and Insertion, Deletion when `causal`) on images with labels; with `regions`
-/// (boxes or masks) Pointing and EnergyPointing only. The mean of each vector equals
-/// `igrad::evaluate`'s table entry for the same data.
+/// AD, AI, AG (and Insertion, Deletion when `causal`; Sparseness, Complexity, ROAD, FaithCorr,
+/// Infidelity when their options ask for them) on images with labels; with `regions` (boxes or
+/// masks) Pointing and EnergyPointing only. The mean of each vector equals `igrad::evaluate`'s
+/// table entry for the same data and options.
 inline PerImageScores per_image_scores(const AnyModel& model,
                                        const std::vector<Explainer>& explainers,
                                        const EvaluationBatch& data,
@@ -150,6 +162,8 @@ inline PerImageScores per_image_scores(const AnyModel& model,
   const auto masking = MaskingOptions().normalization(options.normalization());
   auto causal = options.causal_options();
   causal.normalization(options.normalization()).target(TargetClass::label);
+  const detail::OptionalMeasures measures(options.road(), options.faithfulness_correlation(),
+                                          options.infidelity(), options.normalization());
   TrainingModeGuard eval_mode(model, false);
   PerImageScores scores;
   const int64_t n = data.images.size(0);
@@ -181,6 +195,13 @@ inline PerImageScores per_image_scores(const AnyModel& model,
         scores.append(key("Insertion"), insertion(model, x, maps, y, causal).auc);
         scores.append(key("Deletion"), deletion(model, x, maps, y, causal).auc);
       }
+      if (options.complexity_metrics()) {
+        scores.append(key("Sparseness"), sparseness(maps));
+        scores.append(key("Complexity"), complexity(maps));
+      }
+      measures.score(model, x, maps, y, [&](const char* name, const torch::Tensor& values) {
+        scores.append(key(name), values);
+      });
     }
   }
   return scores;

@@ -37,11 +37,29 @@ TEST_CASE("study per-image metrics average to igrad::evaluate's table") {
   const auto boxes = torch::tensor({1, 2, 5, 6}, torch::kLong).repeat({11, 1});
   const igrad::DatasetNormalization norm({0.2860}, {0.3530});
   const std::vector<igrad::Explainer> methods{image_explainer()};
+  // The optional measures too, with the black-pixel baseline so that the normalisation is used.
+  const auto road = igrad::RoadOptions().percentiles({30, 70});
+  const auto correlation = igrad::FaithfulnessCorrelationOptions().runs(5).subset_size(6).baseline(
+      igrad::PerturbationBaseline::black_pixels);
+  const auto infidelity = igrad::InfidelityOptions().samples(3);
   const auto table = igrad::evaluate(net, methods, {x, y},
-                                     igrad::EvaluationOptions().normalization(norm).progress(false));
-  const auto scores = igrad::per_image_scores(
-      net, methods, {x, y}, igrad::PerImageOptions().normalization(norm).batch_size(4));
-  for (const std::string metric : {"AD", "AI", "AG", "Insertion", "Deletion"}) {
+                                     igrad::EvaluationOptions()
+                                         .normalization(norm)
+                                         .progress(false)
+                                         .complexity_metrics(true)
+                                         .road(road)
+                                         .faithfulness_correlation(correlation)
+                                         .infidelity(infidelity));
+  const auto scores = igrad::per_image_scores(net, methods, {x, y},
+                                              igrad::PerImageOptions()
+                                                  .normalization(norm)
+                                                  .batch_size(4)
+                                                  .complexity_metrics(true)
+                                                  .road(road)
+                                                  .faithfulness_correlation(correlation)
+                                                  .infidelity(infidelity));
+  for (const std::string metric : {"AD", "AI", "AG", "Insertion", "Deletion", "Sparseness",
+                                   "Complexity", "ROAD", "FaithCorr", "Infidelity"}) {
     CAPTURE(metric);
     const auto& values = scores.values.at("sigmoid/" + metric);
     REQUIRE(values.size() == 11);

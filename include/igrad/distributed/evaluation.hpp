@@ -70,10 +70,7 @@ inline MetricsTable evaluate(const ProcessGroup& group, const AnyModel& model,
     return reduce_table(group, igrad::evaluate(model, explainers, shard, options), end - begin);
   }
   // No image here (fewer images than ranks): a table of zeros of the same shape.
-  std::vector<std::string> metrics{"AD", "AI", "AG"};
-  if (options.causal()) metrics.insert(metrics.end(), {"Insertion", "Deletion"});
-  if (data.regions.defined()) metrics.insert(metrics.end(), {"Pointing", "EnergyPointing"});
-  if (options.complexity_metrics()) metrics.insert(metrics.end(), {"Sparseness", "Complexity"});
+  const auto metrics = igrad::detail::evaluation_columns(options, data.regions.defined());
   MetricsTable empty(metrics);
   for (const auto& e : explainers) empty.add_row(e.name, std::vector<double>(metrics.size(), 0.0));
   return reduce_table(group, empty, 0);

@@ -11,7 +11,9 @@
 #include <igrad/metrics/complexity.hpp>
 #include <igrad/metrics/faithfulness.hpp>
 #include <igrad/metrics/masking.hpp>
+#include <igrad/metrics/perturbation.hpp>
 #include <igrad/metrics/pointing.hpp>
+#include <igrad/metrics/road.hpp>
 #include <igrad/metrics/table.hpp>
 #include <igrad/model.hpp>
 
@@ -24,6 +26,7 @@
 #include <cstdio>
 #include <functional>
 #include <iterator>
+#include <map>
 #include <optional>
 #include <ranges>
 #include <set>
@@ -78,6 +81,16 @@ struct EvaluationOptions {
   /// Add the columns `Sparseness` and `Complexity` (the means of the per-image measures of
   /// `<igrad/metrics/complexity.hpp>`); off by default, so tables keep their columns.
   TORCH_ARG(bool, complexity_metrics) = false;
+  /// When set, add the column `ROAD` (the mean of `road`'s combined score, `<igrad/metrics/road.hpp>`)
+  /// with these settings; its `target` is replaced by the classes evaluated.
+  TORCH_ARG(std::optional<RoadOptions>, road) = std::nullopt;
+  /// When set, add the column `FaithCorr` (the mean of `faithfulness_correlation`,
+  /// `<igrad/metrics/perturbation.hpp>`) with these settings; its `target` is replaced by the
+  /// classes evaluated, and an unset `normalization` by the one above.
+  TORCH_ARG(std::optional<FaithfulnessCorrelationOptions>, faithfulness_correlation) = std::nullopt;
+  /// When set, add the column `Infidelity` (the mean of `infidelity`) with these settings; its
+  /// `target` is replaced by the classes evaluated.
+  TORCH_ARG(std::optional<InfidelityOptions>, infidelity) = std::nullopt;
   /// Pointing-game settings (tolerance, box convention), used when the data has regions.
   TORCH_ARG(PointingOptions, pointing_options) = {};
   /// Show progress on `progress_stream`: redrawn in place on a terminal, a line every 10% else.
@@ -161,6 +174,65 @@ EvaluationBatch to_evaluation_batch(const B& batch) {
   }
 }
 
+/// The optional perturbation measures of an evaluation (ROAD, FaithCorr, Infidelity), with their
+/// options prepared: the classes given are scored, and an unset normalisation of faithfulness
+/// correlation's black baseline is the evaluation's.
+struct OptionalMeasures {
+  std::optional<RoadOptions> road;
+  std::optional<FaithfulnessCorrelationOptions> faithfulness_correlation;
+  std::optional<InfidelityOptions> infidelity;
+
+  OptionalMeasures(std::optional<RoadOptions> road_options,
+                   std::optional<FaithfulnessCorrelationOptions> correlation_options,
+                   std::optional<InfidelityOptions> infidelity_options,
+                   const std::optional<DatasetNormalization>& normalization)
+      : road(std::move(road_options)),
+        faithfulness_correlation(std::move(correlation_options)),
+        infidelity(std::move(infidelity_options)) {
+    if (road) road->target(TargetClass::label);
+    if (faithfulness_correlation) {
+      faithfulness_correlation->target(TargetClass::label);
+      if (!faithfulness_correlation->normalization())
+        faithfulness_correlation->normalization(normalization);
+    }
+    if (infidelity) infidelity->target(TargetClass::label);
+  }
+
+  /// The column names of the measures asked for, in order.
+  std::vector<std::string> names() const {
+    std::vector<std::string> out;
+    if (road) out.emplace_back("ROAD");
+    if (faithfulness_correlation) out.emplace_back("FaithCorr");
+    if (infidelity) out.emplace_back("Infidelity");
+    return out;
+  }
+
+  /// Calls `add(name, values [N])` for each measure asked for, on a batch and its classes.
+  template <class Add>
+  void score(const AnyModel& model, const torch::Tensor& x, const torch::Tensor& maps,
+             const torch::Tensor& classes, Add&& add) const {
+    if (road) add("ROAD", igrad::road(model, x, maps, classes, *road).combined);
+    if (faithfulness_correlation)
+      add("FaithCorr",
+          igrad::faithfulness_correlation(model, x, maps, classes, *faithfulness_correlation));
+    if (infidelity) add("Infidelity", igrad::infidelity(model, x, maps, classes, *infidelity));
+  }
+};
+
+/// The columns `evaluate` fills for these options, in order (see `MetricsTable`).
+inline std::vector<std::string> evaluation_columns(const EvaluationOptions& options,
+                                                   bool with_regions) {
+  std::vector<std::string> metrics{"AD", "AI", "AG"};
+  if (options.causal()) metrics.insert(metrics.end(), {"Insertion", "Deletion"});
+  if (with_regions) metrics.insert(metrics.end(), {"Pointing", "EnergyPointing"});
+  if (options.complexity_metrics()) metrics.insert(metrics.end(), {"Sparseness", "Complexity"});
+  for (auto& name : OptionalMeasures(options.road(), options.faithfulness_correlation(),
+                                     options.infidelity(), options.normalization())
+                        .names())
+    metrics.push_back(std::move(name));
+  return metrics;
+}
+
 /// Evaluates every explainer on a sequence of batches fed through `for_each_batch`.
 template <class ForEachBatch>
 MetricsTable evaluate_batches(const AnyModel& model, const std::vector<Explainer>& explainers,
@@ -185,14 +257,18 @@ MetricsTable evaluate_batches(const AnyModel& model, const std::vector<Explainer
     CausalAccumulator insertion, deletion;
     PointingAccumulator pointing;
     ComplexityAccumulator complexity;
+    std::map<std::string, double> optional_sums;  // sums over images, by column
   };
+  const OptionalMeasures measures(options.road(), options.faithfulness_correlation(),
+                                  options.infidelity(), options.normalization());
   std::vector<Accumulators> accumulators;
   for (std::size_t i = 0; i < explainers.size(); ++i)
     accumulators.push_back({FaithfulnessAccumulator(masking),
                             CausalAccumulator(CausalMetric::insertion, causal_options),
                             CausalAccumulator(CausalMetric::deletion, causal_options),
                             PointingAccumulator(options.pointing_options()),
-                            ComplexityAccumulator()});
+                            ComplexityAccumulator(),
+                            {}});
 
   TrainingModeGuard eval_mode(model, false);
   EvaluationProgress progress(options, total_batches);
@@ -222,6 +298,10 @@ MetricsTable evaluate_batches(const AnyModel& model, const std::vector<Explainer
       }
       if (has_regions) acc.pointing.add(checked_maps(maps, batch.images), batch.regions);
       if (options.complexity_metrics()) acc.complexity.add(checked_maps(maps, batch.images));
+      measures.score(model, batch.images, maps, classes,
+                     [&](const char* name, const torch::Tensor& values) {
+                       accumulate_in_order(acc.optional_sums[name], values);
+                     });
     }
     images += n;
     progress.batch_done(n);
@@ -229,11 +309,7 @@ MetricsTable evaluate_batches(const AnyModel& model, const std::vector<Explainer
   progress.finish();
   require(images > 0, "evaluate() got an empty dataset; expected at least one image");
 
-  std::vector<std::string> metrics{"AD", "AI", "AG"};
-  if (options.causal()) metrics.insert(metrics.end(), {"Insertion", "Deletion"});
-  if (with_regions.value_or(false)) metrics.insert(metrics.end(), {"Pointing", "EnergyPointing"});
-  if (options.complexity_metrics()) metrics.insert(metrics.end(), {"Sparseness", "Complexity"});
-  MetricsTable table(metrics);
+  MetricsTable table(evaluation_columns(options, with_regions.value_or(false)));
   for (std::size_t e = 0; e < explainers.size(); ++e) {
     const auto& acc = accumulators[e];
     const auto f = acc.faithfulness.result();
@@ -247,6 +323,8 @@ MetricsTable evaluate_batches(const AnyModel& model, const std::vector<Explainer
       const auto c = acc.complexity.result();
       row.insert(row.end(), {c.sparseness, c.complexity});
     }
+    for (const auto& name : measures.names())
+      row.push_back(acc.optional_sums.at(name) / static_cast<double>(images));
     table.add_row(explainers[e].name, std::move(row));
   }
   return table;

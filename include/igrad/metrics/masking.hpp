@@ -35,6 +35,13 @@ enum class TargetClass {
   predicted,  ///< the model's prediction on the unmasked image (given indices are ignored)
 };
 
+/// @brief Which output of the model a perturbation metric compares (ROAD, faithfulness
+/// correlation, infidelity).
+enum class ModelScore {
+  probability,  ///< the softmax probability `P(c | x)`
+  logit,        ///< the logit `y^c`
+};
+
 /// @brief The options every metric shares: normalisation and class choice.
 struct MaskingOptions {
   /// The dataset's normalisation; none means the images are masked as they are.
@@ -114,6 +121,41 @@ inline torch::Tensor class_probabilities(const AnyModel& model, const torch::Ten
           "the model returned logits of shape {} for a batch of {}; expected [{}, K]",
           shape_string(logits), x.size(0), x.size(0));
   return torch::softmax(logits.to(torch::kDouble), 1).to(x.device());
+}
+
+/// The score `[N, K]` (double, on `x`'s device) the model gives each class of a batch: softmax
+/// probabilities or logits; the model runs on its own device and dtype.
+inline torch::Tensor class_scores(const AnyModel& model, const torch::Tensor& x, ModelScore score) {
+  if (score == ModelScore::probability) return class_probabilities(model, x);
+  const auto parameters = model.parameters();
+  const auto input = parameters.empty()
+                         ? x
+                         : x.to(parameters.front().device(), parameters.front().scalar_type());
+  const auto logits = metric_forward(model, input);
+  require(logits.defined() && logits.dim() == 2 && logits.size(0) == x.size(0),
+          "the model returned logits of shape {} for a batch of {}; expected [{}, K]",
+          shape_string(logits), x.size(0), x.size(0));
+  return logits.to(x.device(), torch::kDouble);
+}
+
+/// Finite maps `[N, H, W]` (a `[N, 1, H, W]` map is squeezed) matching images `x`, any sign or
+/// scale (attributions as well as [0, 1] maps), as doubles on `x`'s device; `what` names the
+/// caller in the message.
+inline torch::Tensor checked_attribution_maps(const torch::Tensor& maps, const torch::Tensor& x,
+                                              std::string_view what) {
+  require(maps.defined(), "{}: the maps are undefined; expected [N, H, W] maps", what);
+  auto m = maps;
+  if (m.dim() == 4 && m.size(1) == 1) m = m.squeeze(1);
+  require(m.dim() == 3 && m.size(0) == x.size(0) && m.size(1) == x.size(2) &&
+              m.size(2) == x.size(3),
+          "{}: the maps have shape {} for images of shape {}; expected [{}, {}, {}] (one map per "
+          "image, at the image's resolution)",
+          what, shape_string(maps), shape_string(x), x.size(0), x.size(2), x.size(3));
+  require(m.is_floating_point(), "{}: the maps have dtype {}; expected a floating-point tensor",
+          what, std::string(c10::toString(m.scalar_type())));
+  require(all_finite(m), "{}: the maps contain NaN or infinite values; expected finite values",
+          what);
+  return m.detach().to(x.device(), torch::kDouble);
 }
 
 /// The class each image is scored for: the checked labels, or the argmax of `probabilities`.

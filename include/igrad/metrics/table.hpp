@@ -28,7 +28,10 @@ namespace igrad {
 /// `AD` (%, lower), `AI` (%, higher), `AG` (%, higher), `Insertion` (AUC in [0, 1], higher),
 /// `Deletion` (AUC in [0, 1], lower), `Pointing` (% hits, higher), `EnergyPointing` (%, higher),
 /// and with `EvaluationOptions::complexity_metrics`: `Sparseness` (mean Gini index in [0, 1],
-/// higher: sparser), `Complexity` (mean entropy in nats, lower: more concentrated).
+/// higher: sparser), `Complexity` (mean entropy in nats, lower: more concentrated); with
+/// `EvaluationOptions::road`: `ROAD` (mean combined score, score units, higher); with
+/// `faithfulness_correlation`: `FaithCorr` (mean Pearson ρ in [−1, 1], higher); with
+/// `infidelity`: `Infidelity` (mean squared error in squared score units, lower).
 ///
 /// `to_csv()` and `to_markdown()` write every number in the shortest form that reads back to the
 /// same double, so a table survives a round trip through a file; `fmt::format("{}", table)` (and
