@@ -8,3 +8,4 @@
 #include <igrad/cam/gradient_free_methods.hpp>
 #include <igrad/cam/gradient_methods.hpp>
 #include <igrad/cam/guided_grad_cam.hpp>
+#include <igrad/cam/stages.hpp>

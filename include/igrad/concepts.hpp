@@ -156,6 +156,27 @@ concept FeatureClassifier = Classifier<M> && requires(M& m, const at::Tensor& x)
   { m->head(x) } -> std::convertible_to<at::Tensor>;
 };
 
+/// @brief A classifier that exposes the feature maps of several stages along its forward pass,
+/// so that each can be explained (`igrad::model_stages`, `igrad::explain_stages`).
+///
+/// **Requirements**: a `Classifier` whose handle also has `m->stage_count()` (an integer, at
+/// least 1), `m->stages(x)` (a `std::vector` of that many tensors: the stages' feature maps
+/// `[N, K_s, h_s, w_s]`, shallow to deep) and `m->head_from(s, a)` (the logits from stage s's map).
+///
+/// **Minimal complete definition**: `forward`, `stage_count`, `stages` and `head_from`.
+///
+/// **Laws**: `head_from(s, stages(x)[s]) == forward(x)` for every stage s, and a stage's map is
+/// computed by the same operations as in `forward` (so its gradient is the model's).
+///
+/// **Models igrad ships**: `ResNet18` (its four residual stages);
+/// `igrad::models::sequential_stages` cuts an `nn::Sequential` at several indices.
+template <class M>
+concept StagedClassifier = Classifier<M> && requires(M& m, const at::Tensor& x, int64_t s) {
+  { m->stage_count() } -> std::convertible_to<int64_t>;
+  { m->stages(x) } -> std::convertible_to<std::vector<at::Tensor>>;
+  { m->head_from(s, x) } -> std::convertible_to<at::Tensor>;
+};
+
 /// @brief An error function `E(δ, δ')`: the regulariser's distance between the standard input
 /// gradient `δ` (the student) and the gradient under the teacher's rule `δ'` (SPEC §3).
 ///

@@ -195,5 +195,42 @@ class TrainingModeGuard {
   const void* key_;
 };
 
+/// @brief One stage of a model: a features/head split at that stage's feature map, and its name.
+struct ModelStage {
+  std::string name;  ///< e.g. "stage 2" or "layers [0, 5)"
+  AnyModel model;    ///< the model with `features` = the stage's map, `head` = the rest
+};
+
+/// @brief The stages of a `StagedClassifier`, each as a model split at its feature map
+/// (named "stage 1", …, "stage n"), for `explain_stages` and `explain_fused`.
+///
+/// Stage s's `features(x)` is `model->stages(x)[s]` (the stages before it are computed too),
+/// its `head(a)` is `model->head_from(s, a)`; parameters, buffers, mode and weights are the
+/// model's own. Throws `InvalidArgument` for a `stage_count()` below 1, and `GraphError` when
+/// `stages(x)` returns another number of maps than `stage_count()`.
+template <StagedClassifier M>
+std::vector<ModelStage> model_stages(M model) {
+  const auto count = static_cast<int64_t>(model->stage_count());
+  detail::require(count >= 1, "model_stages(): the model reports {} stages; expected at least 1",
+                  count);
+  const auto base = AnyModel::functions_of(model);
+  std::vector<ModelStage> stages;
+  for (int64_t s = 0; s < count; ++s) {
+    auto f = base;
+    f.features = [model, s, count](const torch::Tensor& x) mutable {
+      auto maps = model->stages(x);
+      detail::require<GraphError>(static_cast<int64_t>(maps.size()) == count,
+                                  "the model's stages(x) returned {} feature maps; expected "
+                                  "stage_count() = {}", maps.size(), count);
+      return torch::Tensor(maps[static_cast<std::size_t>(s)]);
+    };
+    f.head = [model, s](const torch::Tensor& a) mutable {
+      return torch::Tensor(model->head_from(s, a));
+    };
+    stages.push_back({"stage " + std::to_string(s + 1), AnyModel(std::move(f))});
+  }
+  return stages;
+}
+
 /// @}
 }  // namespace igrad

@@ -12,7 +12,9 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <string>
 #include <utility>
+#include <vector>
 
 namespace igrad::models {
 
@@ -45,6 +47,26 @@ inline AnyModel split_sequential(torch::nn::Sequential sequential, std::size_t s
   functions.head = [run, split, size](const torch::Tensor& a) { return run(split, size, a); };
   functions.forward = [run, size](const torch::Tensor& x) { return run(0, size, x); };
   return AnyModel(std::move(functions));
+}
+
+/// @brief An `nn::Sequential` cut at several indices: one `split_sequential` model per index,
+/// named "layers [0, split)", for `explain_stages` and `explain_fused`.
+///
+/// The stages share the Sequential (its parameters, mode and weights). Throws `InvalidArgument`
+/// for no index, an index outside `0 < split < seq->size()`, or indices not strictly increasing.
+inline std::vector<ModelStage> sequential_stages(torch::nn::Sequential sequential,
+                                                 const std::vector<std::size_t>& splits) {
+  detail::require(!splits.empty(), "sequential_stages() got no split index; expected at least "
+                                   "one index 0 < split < the number of layers");
+  std::vector<ModelStage> stages;
+  for (std::size_t i = 0; i < splits.size(); ++i) {
+    detail::require(i == 0 || splits[i] > splits[i - 1],
+                    "sequential_stages(): split indices {} then {}; expected strictly increasing "
+                    "indices (shallow to deep)", i == 0 ? 0 : splits[i - 1], splits[i]);
+    stages.push_back({"layers [0, " + std::to_string(splits[i]) + ")",
+                      split_sequential(sequential, splits[i])});
+  }
+  return stages;
 }
 
 /// @brief A model from a `features` callable, a `head` callable and the module that owns their

@@ -7,8 +7,10 @@
 #include <torch/arg.h>
 #include <torch/torch.h>
 
+#include <array>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace igrad::models {
 
@@ -96,6 +98,29 @@ class ResNet18Impl : public torch::nn::Module {
   torch::Tensor head(const torch::Tensor& a) { return fc(a.mean({2, 3})); }
   /// @brief Logits `[N, K]` = head(features(x)).
   torch::Tensor forward(const torch::Tensor& x) { return head(features(x)); }
+
+  /// @brief Four stages (`igrad::StagedClassifier`): the outputs of layer1 … layer4.
+  int64_t stage_count() const { return 4; }
+  /// @brief The feature maps of layer1 … layer4 (widths w, 2w, 4w, 8w; resolutions H, H/2, H/4,
+  /// H/8), computed in one pass; the last is `features(x)`.
+  std::vector<torch::Tensor> stages(const torch::Tensor& x) {
+    std::vector<torch::Tensor> maps;
+    auto a = torch::relu(stem_bn(stem_conv(x)));
+    for (auto* layer : {&layer1, &layer2, &layer3, &layer4}) {
+      a = (*layer)->forward(a);
+      maps.push_back(a);
+    }
+    return maps;
+  }
+  /// @brief Logits from stage `stage`'s map (0-based): the remaining layers, then the head.
+  torch::Tensor head_from(int64_t stage, const torch::Tensor& a) {
+    detail::require(stage >= 0 && stage < 4, "ResNet18::head_from() got stage {}; expected 0 to 3",
+                    stage);
+    auto out = a;
+    const std::array<torch::nn::Sequential*, 4> layers{&layer1, &layer2, &layer3, &layer4};
+    for (int64_t s = stage + 1; s < 4; ++s) out = (*layers[static_cast<std::size_t>(s)])->forward(out);
+    return head(out);
+  }
 
   /// @brief The options it was built with.
   const ResNet18Options& options() const { return options_; }
