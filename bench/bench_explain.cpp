@@ -5,6 +5,9 @@
 //      ScoreCAM does it (16 masked images per forward); both must give the same maps.
 //   2. The Grad-CAM family in batches of --cam-batch, against one plain forward + backward per
 //      batch, with the model calls each method makes per batch counted.
+//   2b. The CAM methods of issue 16 (EigenGrad-CAM, FEM, Shapley-CAM, Finer-CAM, KPCA-CAM) and
+//      the smoothing wrappers on Grad-CAM, on --more-cam-images images in batches of --cam-batch,
+//      in images/s, against one forward + backward per batch.
 //   3. Every input-space saliency method (all_saliency_methods, default options) on
 //      --saliency-images images in batches of --cam-batch, in images/s, against one forward +
 //      backward per batch.
@@ -13,6 +16,7 @@
 //
 //   igrad_bench_explain [--threads 2] [--images 10000] [--scorecam-images 1000]
 //                       [--scorecam-batches 128,256,512] [--saliency-images 200]
+//                       [--more-cam-images 200]
 //                       [--device cpu|cuda]
 //
 // Prints one line per figure; timing lines end with a ratio. Peak RSS at the end.
@@ -46,6 +50,7 @@ struct Settings {
   int64_t reference_batch = 16;  // pytorch-grad-cam's ScoreCAM default BATCH_SIZE
   int64_t cam_batch = 100;
   int64_t saliency_images = 200;
+  int64_t more_cam_images = 200;
   int repeats = 3;
   int64_t train_images = 10000;
   int64_t metrics_batch = 500;
@@ -265,6 +270,41 @@ void bench_grad_cams(igrad::models::SmallCNN& model, const torch::Tensor& x,
   }
 }
 
+/// Section 2b: the CAM methods of issue 16 and the smoothing wrappers (default options: FEM's
+/// k = 2, Finer-CAM's 3 classes, KPCA-CAM's sigmoid kernel, AugSmooth's 6 passes), one warm-up
+/// batch then one timed pass in batches of `--cam-batch`, against one forward + backward per
+/// batch timed in the same pass; a line per method in images/s.
+void bench_more_cams(igrad::models::SmallCNN& model, const torch::Tensor& x,
+                     const torch::Tensor& y, const Settings& s, const torch::Device& device) {
+  const igrad::AnyModel any(model);
+  model->eval();
+  const int64_t n = x.size(0);
+  const auto plain_pass = [&](const torch::Tensor& xb, const torch::Tensor& yb) {
+    const auto input = xb.detach().requires_grad_(true);
+    const auto score = model(input).gather(1, yb.view({-1, 1})).sum();
+    torch::autograd::grad({score}, {input});
+  };
+  constexpr auto methods =
+      boost::hana::tuple_t<igrad::EigenGradCam, igrad::Fem, igrad::ShapleyCam, igrad::FinerCam<>,
+                           igrad::KpcaCam, igrad::EigenSmooth<igrad::GradCam>,
+                           igrad::AugSmooth<igrad::GradCam>>;
+  boost::hana::for_each(methods, [&](auto type) {
+    using C = typename decltype(type)::type;
+    const auto first = x.slice(0, 0, s.cam_batch), first_targets = y.slice(0, 0, s.cam_batch);
+    igrad::explain<C>(any, first, first_targets);  // warm-up, not counted
+    double ms = 0, plain = 0;
+    for (int64_t start = 0; start < n; start += s.cam_batch) {
+      const auto xb = x.slice(0, start, start + s.cam_batch);
+      const auto yb = y.slice(0, start, start + s.cam_batch);
+      plain += time_ms(device, [&] { plain_pass(xb, yb); });
+      ms += time_ms(device, [&] { igrad::explain<C>(any, xb, yb); });
+    }
+    fmt::print("cam {} {} images in batches of {}: {:.0f} ms, {:.1f} images/s, "
+               "forward+backward {:.0f} ms, ratio {:.2f}\n",
+               C::name, n, s.cam_batch, ms, 1e3 * static_cast<double>(n) / ms, plain, ms / plain);
+  });
+}
+
 /// Section 3: each input-space method of `all_saliency_methods` with its default options
 /// (SmoothGrad and its NoiseTunnel modes: 25 noisy copies; integrated gradients: 50 points), one
 /// warm-up batch then one timed pass in batches of `--cam-batch`, against one forward + backward
@@ -383,6 +423,9 @@ int main(int argc, char** argv) {
       ->delimiter(',');
   app.add_option("--cam-batch", s.cam_batch, "images per batch of the Grad-CAM family")
       ->check(CLI::Range(1, 10000));
+  app.add_option("--more-cam-images", s.more_cam_images,
+                 "test images for the CAM methods of issue 16 and the smoothings (default 200)")
+      ->check(CLI::Range(1, 10000));
   app.add_option("--saliency-images", s.saliency_images,
                  "test images for the input-space saliency methods (default 200)")
       ->check(CLI::Range(1, 10000));
@@ -404,7 +447,8 @@ int main(int argc, char** argv) {
   const igrad::data::FashionMnist train;
   const igrad::data::FashionMnist test(
       igrad::data::FashionMnistOptions().split(igrad::data::Split::test));
-  const int64_t needed = std::max({s.images, s.scorecam_images, s.saliency_images});
+  const int64_t needed =
+      std::max({s.images, s.scorecam_images, s.saliency_images, s.more_cam_images});
   const auto x_all = test.images(0, needed).to(device);
   const auto y_all = test.labels().slice(0, 0, needed).to(device);
 
@@ -430,6 +474,8 @@ int main(int argc, char** argv) {
     const auto y_cam = y_all.slice(0, 0, s.scorecam_images);
     const int64_t best_batch = bench_score_cam(model, x_cam, y_cam, s, device);
     bench_grad_cams(model, x_cam, y_cam, s, device);
+    bench_more_cams(model, x_all.slice(0, 0, s.more_cam_images),
+                    y_all.slice(0, 0, s.more_cam_images), s, device);
     bench_saliency(model, x_all.slice(0, 0, s.saliency_images),
                    y_all.slice(0, 0, s.saliency_images), s, device);
     bench_metrics(model, x_all.slice(0, 0, s.images), y_all.slice(0, 0, s.images), s, best_batch,

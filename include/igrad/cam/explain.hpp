@@ -4,9 +4,13 @@
 /// method, the list of shipped methods, and summary statistics of maps.
 
 #include <igrad/cam/cam_method.hpp>
+#include <igrad/cam/eigen_methods.hpp>
+#include <igrad/cam/finer_cam.hpp>
 #include <igrad/cam/gradient_free_methods.hpp>
 #include <igrad/cam/gradient_methods.hpp>
 #include <igrad/cam/guided_grad_cam.hpp>
+#include <igrad/cam/shapley_cam.hpp>
+#include <igrad/cam/smoothing.hpp>
 
 #include <boost/hana/tuple.hpp>
 #include <boost/hana/type.hpp>
@@ -131,13 +135,15 @@ torch::Tensor explain(const M& model, const torch::Tensor& x, const torch::Tenso
   return explain_raw<C>(model, x, targets, options, method);  // whose static_assert says why
 }
 
-/// @brief The fourteen CAM methods igrad ships, as a Hana type list (for ablations, figures and
-/// conformance tests):
+/// @brief The nineteen CAM methods igrad ships, as a Hana type list (for ablations, figures and
+/// conformance tests). The smoothing wrappers `EigenSmooth<C>` and `AugSmooth<C>`, and Finer-CAM
+/// on other bases (`FinerCam<GradCamPlusPlus>`...), are CAM methods too; add them to a list of
+/// your own:
 /// @snippet doc_snippets.cpp all_cam_methods
 inline constexpr auto all_cam_methods =
     boost::hana::tuple_t<Cam, GradCam, GradCamPlusPlus, SmoothGradCamPlusPlus, ScoreCam, SSCam,
                          ISCam, XGradCam, LayerCam, HiResCam, EigenCam, AblationCam, OptiCam,
-                         GuidedGradCam>;
+                         GuidedGradCam, EigenGradCam, Fem, ShapleyCam, FinerCam<GradCam>, KpcaCam>;
 
 /// @brief Summary statistics of a batch of maps `[N, H, W]` in [0, 1].
 struct MapStatistics {

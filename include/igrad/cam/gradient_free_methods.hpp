@@ -26,8 +26,12 @@ namespace igrad {
 /// fails that identity and `GraphError` says so, instead of returning a wrong map.
 struct Cam {
   static constexpr const char* name = "CAM";  ///< display name
-  /// @brief The map before post-processing, `[N, h, w]`.
+  /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
   torch::Tensor operator()(const CamRequest& request) const {
+    return channel_maps(request).sum(1);
+  }
+  /// @brief The channel maps `[N, K, h, w]` whose sum is the map (for `EigenSmooth`).
+  torch::Tensor channel_maps(const CamRequest& request) const {
     torch::NoGradGuard no_grad;
     const auto a = request_features(request);
     const int64_t k = a.size(1), h = a.size(2), w = a.size(3);
@@ -56,7 +60,7 @@ struct Cam {
         "heads",
         mismatch, tolerance);
     const auto class_weights = weight.index_select(0, request.targets);  // [N, K]
-    return weighted_feature_sum(class_weights, a);
+    return weighted_channel_maps(class_weights, a);
   }
 };
 
@@ -114,8 +118,12 @@ torch::Tensor masked_scores(const CamRequest& request, const torch::Tensor& acti
 /// zero everywhere (zero mask, hence the zero input) reuse the zero input's score.
 struct ScoreCam {
   static constexpr const char* name = "Score-CAM";  ///< display name
-  /// @brief The map before post-processing, `[N, h, w]`.
+  /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
   torch::Tensor operator()(const CamRequest& request) const {
+    return channel_maps(request).sum(1);
+  }
+  /// @brief The channel maps `[N, K, h, w]` whose sum is the map (for `EigenSmooth`).
+  torch::Tensor channel_maps(const CamRequest& request) const {
     torch::NoGradGuard no_grad;
     const auto a = request_features(request);
     const bool pytorch_grad_cam =
@@ -143,7 +151,7 @@ struct ScoreCam {
     const auto scores = masked.view({n, k});
     const auto weights =
         pytorch_grad_cam ? scores.softmax(1) : scores - zero_scores.unsqueeze(1);
-    return weighted_feature_sum(weights, a);
+    return weighted_channel_maps(weights, a);
   }
 };
 
@@ -158,8 +166,12 @@ struct ScoreCam {
 /// comes from `CamOptions::generator` / `seed` (the same seed and batch size give the same map).
 struct SSCam {
   static constexpr const char* name = "SS-CAM";  ///< display name
-  /// @brief The map before post-processing, `[N, h, w]`.
+  /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
   torch::Tensor operator()(const CamRequest& request) const {
+    return channel_maps(request).sum(1);
+  }
+  /// @brief The channel maps `[N, K, h, w]` whose sum is the map (for `EigenSmooth`).
+  torch::Tensor channel_maps(const CamRequest& request) const {
     const auto& o = request.options;
     detail::require(o.sscam_samples() > 0, "CamOptions::sscam_samples is {}; expected at least 1",
                     o.sscam_samples());
@@ -176,7 +188,7 @@ struct SSCam {
         });
     const auto weights =
         scores.mean(2) - detail::zero_input_score(request, o.score()).unsqueeze(1);
-    return weighted_feature_sum(weights, a);
+    return weighted_channel_maps(weights, a);
   }
 };
 
@@ -189,8 +201,12 @@ struct SSCam {
 /// cumulative sums of the scaled inputs and drops the baseline. Batched like Score-CAM.
 struct ISCam {
   static constexpr const char* name = "IS-CAM";  ///< display name
-  /// @brief The map before post-processing, `[N, h, w]`.
+  /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
   torch::Tensor operator()(const CamRequest& request) const {
+    return channel_maps(request).sum(1);
+  }
+  /// @brief The channel maps `[N, K, h, w]` whose sum is the map (for `EigenSmooth`).
+  torch::Tensor channel_maps(const CamRequest& request) const {
     const auto& o = request.options;
     detail::require(o.iscam_steps() > 0, "CamOptions::iscam_steps is {}; expected at least 1",
                     o.iscam_steps());
@@ -205,7 +221,7 @@ struct ISCam {
         });
     const auto weights =
         scores.mean(2) - detail::zero_input_score(request, o.score()).unsqueeze(1);
-    return weighted_feature_sum(weights, a);
+    return weighted_channel_maps(weights, a);
   }
 };
 
@@ -216,8 +232,12 @@ struct ISCam {
 /// is replaced by 1e-7 in the denominator (keeping the weights finite).
 struct AblationCam {
   static constexpr const char* name = "Ablation-CAM";  ///< display name
-  /// @brief The map before post-processing, `[N, h, w]`.
+  /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
   torch::Tensor operator()(const CamRequest& request) const {
+    return channel_maps(request).sum(1);
+  }
+  /// @brief The channel maps `[N, K, h, w]` whose sum is the map (for `EigenSmooth`).
+  torch::Tensor channel_maps(const CamRequest& request) const {
     torch::NoGradGuard no_grad;
     const auto a = request_features(request);
     const int64_t n = a.size(0), k = a.size(1);
@@ -235,7 +255,7 @@ struct AblationCam {
     });
     const auto denominator = torch::where(score == 0, torch::full_like(score, 1e-7), score);
     const auto weights = (score.unsqueeze(1) - ablated.view({n, k})) / denominator.unsqueeze(1);
-    return weighted_feature_sum(weights, a);
+    return weighted_channel_maps(weights, a);
   }
 };
 
@@ -248,20 +268,39 @@ struct EigenCam {
   /// @brief The map before post-processing, `[N, h, w]`.
   torch::Tensor operator()(const CamRequest& request) const {
     torch::NoGradGuard no_grad;
+    return detail::first_principal_projection(request_features(request));
+  }
+};
+
+/// @brief FEM, the Feature Explanation Method (Fuad et al. 2020): each channel thresholded by the
+/// k-sigma rule, \f$ T_k = \mu_k + k\,\sigma_k \f$ (mean and population standard deviation
+/// of \f$ A^k \f$ over its pixels), and the binary masks weighted by the channel means,
+/// \f[ M = \sum_k \mu_k\, \mathbb 1\big[A^k > T_k\big]. \f]
+/// k = `CamOptions::fem_k` = 2 (pytorch-grad-cam's and xplique's default). With
+/// `FemConvention::pytorch_grad_cam` the map is pytorch-grad-cam's `FEM` instead:
+/// \f$ M = \sum_k \mathrm{mean}_{ij}\big(\mathbb 1[A^k_{ij} > T_k]\big)\, A^k \f$.
+/// The comparison is strict in both (as pytorch-grad-cam; xplique uses ≥), so a constant channel
+/// contributes nothing. Class-agnostic: the targets are not used.
+struct Fem {
+  static constexpr const char* name = "FEM";  ///< display name
+  /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
+  torch::Tensor operator()(const CamRequest& request) const {
+    return channel_maps(request).sum(1);
+  }
+  /// @brief The channel maps `[N, K, h, w]`: `μ_k 1[A^k > T_k]` (paper) or `w_k A^k`
+  /// (pytorch-grad-cam).
+  torch::Tensor channel_maps(const CamRequest& request) const {
+    const double k = request.options.fem_k();
+    detail::require(std::isfinite(k), "CamOptions::fem_k is {}; expected a finite value", k);
+    torch::NoGradGuard no_grad;
     const auto a = request_features(request);
-    const int64_t n = a.size(0), h = a.size(2), w = a.size(3);
-    // Double precision: the principal direction of a nearly degenerate spectrum is fragile.
-    const auto matrix = a.flatten(2).transpose(1, 2).to(torch::kDouble);  // [N, hw, K]
-    const auto centred = matrix - matrix.mean(1, /*keepdim=*/true);
-    const auto [u, s, vh] = torch::linalg_svd(centred, /*full_matrices=*/false);
-    const auto direction = vh.select(1, 0);                                  // [N, K]
-    auto projection = torch::bmm(centred, direction.unsqueeze(2)).squeeze(2);  // [N, hw]
-    const auto total = a.sum(1).flatten(1).to(torch::kDouble);
-    const auto correlation = ((projection - projection.mean(1, true)) *
-                              (total - total.mean(1, true)))
-                                 .sum(1, /*keepdim=*/true);
-    projection = torch::where(correlation < 0, -projection, projection);
-    return projection.view({n, h, w}).to(a.scalar_type());
+    const auto mean = a.mean({2, 3}, /*keepdim=*/true);
+    // Population standard deviation (numpy's np.std, ddof = 0), as pytorch-grad-cam.
+    const auto deviation = (a - mean).square().mean({2, 3}, /*keepdim=*/true).sqrt();
+    const auto above = (a > mean + k * deviation).to(a.scalar_type());
+    if (request.options.fem_convention() == FemConvention::pytorch_grad_cam)
+      return above.mean({2, 3}, /*keepdim=*/true) * a;
+    return mean * above;
   }
 };
 
@@ -278,6 +317,10 @@ struct OptiCam {
   static constexpr const char* name = "Opti-CAM";  ///< display name
   /// @brief The map before post-processing, `[N, h, w]`: S for the optimised weights.
   torch::Tensor operator()(const CamRequest& request) const {
+    return channel_maps(request).sum(1);
+  }
+  /// @brief The channel maps `softmax(w*)_k A^k` `[N, K, h, w]` whose sum is the map.
+  torch::Tensor channel_maps(const CamRequest& request) const {
     const auto& o = request.options;
     detail::require(o.opticam_steps() >= 0, "CamOptions::opticam_steps is {}; expected >= 0",
                     o.opticam_steps());
@@ -311,7 +354,7 @@ struct OptiCam {
         adam.step();
       }
       torch::NoGradGuard no_grad;
-      maps.push_back(weighted_feature_sum(weights.detach().softmax(1), features));
+      maps.push_back(weighted_channel_maps(weights.detach().softmax(1), features));
       if (o.progress()) o.progress()(end, n);
     });
     return torch::cat(maps, 0);

@@ -16,10 +16,14 @@ namespace igrad {
 /// \f[ \alpha_k = \frac{1}{hw}\sum_{ij} g^k_{ij}, \qquad M = \sum_k \alpha_k A^k. \f]
 struct GradCam {
   static constexpr const char* name = "Grad-CAM";  ///< display name
-  /// @brief The map before post-processing, `[N, h, w]`.
+  /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
   torch::Tensor operator()(const CamRequest& request) const {
+    return channel_maps(request).sum(1);
+  }
+  /// @brief The channel maps `[N, K, h, w]` whose sum is the map (for `EigenSmooth`).
+  torch::Tensor channel_maps(const CamRequest& request) const {
     const auto fg = feature_gradients(request);
-    return weighted_feature_sum(fg.gradients.mean({2, 3}), fg.activations);
+    return weighted_channel_maps(fg.gradients.mean({2, 3}), fg.activations);
   }
 };
 
@@ -45,12 +49,16 @@ inline torch::Tensor grad_cam_plus_plus_weights(const torch::Tensor& activations
 /// with α = 0 where g = 0 (the exponential-score closed form used by the authors' code).
 struct GradCamPlusPlus {
   static constexpr const char* name = "Grad-CAM++";  ///< display name
-  /// @brief The map before post-processing, `[N, h, w]`.
+  /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
   torch::Tensor operator()(const CamRequest& request) const {
+    return channel_maps(request).sum(1);
+  }
+  /// @brief The channel maps `[N, K, h, w]` whose sum is the map (for `EigenSmooth`).
+  torch::Tensor channel_maps(const CamRequest& request) const {
     const auto fg = feature_gradients(request);
     const auto& g = fg.gradients;
     const auto g2 = g * g;
-    return weighted_feature_sum(
+    return weighted_channel_maps(
         detail::grad_cam_plus_plus_weights(fg.activations, g, g2, g2 * g), fg.activations);
   }
 };
@@ -64,8 +72,12 @@ struct GradCamPlusPlus {
 /// `CamOptions::generator` or `CamOptions::seed`, never from the global RNG.
 struct SmoothGradCamPlusPlus {
   static constexpr const char* name = "SmoothGrad-CAM++";  ///< display name
-  /// @brief The map before post-processing, `[N, h, w]`.
+  /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
   torch::Tensor operator()(const CamRequest& request) const {
+    return channel_maps(request).sum(1);
+  }
+  /// @brief The channel maps `[N, K, h, w]` whose sum is the map (for `EigenSmooth`).
+  torch::Tensor channel_maps(const CamRequest& request) const {
     const auto& o = request.options;
     detail::require(o.smooth_samples() > 0,
                     "CamOptions::smooth_samples is {}; expected at least 1", o.smooth_samples());
@@ -85,7 +97,7 @@ struct SmoothGradCamPlusPlus {
       if (o.progress()) o.progress()(s + 1, o.smooth_samples());
     }
     const double m = static_cast<double>(o.smooth_samples());
-    return weighted_feature_sum(
+    return weighted_channel_maps(
         detail::grad_cam_plus_plus_weights(clean.activations, g1 / m, g2 / m, g3 / m),
         clean.activations);
   }
@@ -96,22 +108,30 @@ struct SmoothGradCamPlusPlus {
 ///     M = \sum_k \alpha_k A^k. \f]
 struct XGradCam {
   static constexpr const char* name = "XGrad-CAM";  ///< display name
-  /// @brief The map before post-processing, `[N, h, w]`.
+  /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
   torch::Tensor operator()(const CamRequest& request) const {
+    return channel_maps(request).sum(1);
+  }
+  /// @brief The channel maps `[N, K, h, w]` whose sum is the map (for `EigenSmooth`).
+  torch::Tensor channel_maps(const CamRequest& request) const {
     const auto fg = feature_gradients(request);
     const auto& a = fg.activations;
     const auto weights = (a * fg.gradients).sum({2, 3}) / (a.sum({2, 3}) + 1e-7);
-    return weighted_feature_sum(weights, a);
+    return weighted_channel_maps(weights, a);
   }
 };
 
 /// @brief Layer-CAM (Jiang et al. 2021): \f$ M = \sum_k \mathrm{ReLU}(g^k) \odot A^k \f$.
 struct LayerCam {
   static constexpr const char* name = "Layer-CAM";  ///< display name
-  /// @brief The map before post-processing, `[N, h, w]`.
+  /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
   torch::Tensor operator()(const CamRequest& request) const {
+    return channel_maps(request).sum(1);
+  }
+  /// @brief The channel maps `[N, K, h, w]` whose sum is the map (for `EigenSmooth`).
+  torch::Tensor channel_maps(const CamRequest& request) const {
     const auto fg = feature_gradients(request);
-    return (torch::relu(fg.gradients) * fg.activations).sum(1);
+    return torch::relu(fg.gradients) * fg.activations;
   }
 };
 
@@ -119,12 +139,31 @@ struct LayerCam {
 /// when the gradient is spatially constant (a GAP + Linear head).
 struct HiResCam {
   static constexpr const char* name = "HiRes-CAM";  ///< display name
-  /// @brief The map before post-processing, `[N, h, w]`.
+  /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
   torch::Tensor operator()(const CamRequest& request) const {
+    return channel_maps(request).sum(1);
+  }
+  /// @brief The channel maps `[N, K, h, w]` whose sum is the map (for `EigenSmooth`).
+  torch::Tensor channel_maps(const CamRequest& request) const {
     const auto fg = feature_gradients(request);
-    return (fg.gradients * fg.activations).sum(1);
+    return fg.gradients * fg.activations;
   }
 };
+
+/// @cond INTERNAL
+template <>
+inline constexpr bool cam_uses_target_score<GradCam> = true;
+template <>
+inline constexpr bool cam_uses_target_score<GradCamPlusPlus> = true;
+template <>
+inline constexpr bool cam_uses_target_score<SmoothGradCamPlusPlus> = true;
+template <>
+inline constexpr bool cam_uses_target_score<XGradCam> = true;
+template <>
+inline constexpr bool cam_uses_target_score<LayerCam> = true;
+template <>
+inline constexpr bool cam_uses_target_score<HiResCam> = true;
+/// @endcond
 
 /// @}
 }  // namespace igrad
