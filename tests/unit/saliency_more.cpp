@@ -315,3 +315,175 @@ TEST_CASE("Occlusion, Feature Ablation and Gradient SHAP reject bad options with
   CHECK(has(shap(O().baseline_distribution(torch::full({2, 1, 6, 6}, std::nan("")))), "baseline_distribution"));
   CHECK(has(shap(O().batch_size(0)), "batch_size"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// DeepLIFT (Rescale)
+
+namespace {
+
+/// DeepLIFT-Rescale of TinyMlp written by hand: u = W1 x + b1, the multiplier
+/// m_j = (g(u_j) − g(u_ref,j)) / (u_j − u_ref,j) (the derivative where u_j = u_ref,j), with g the
+/// site's rectifier, and DL_i = (x_i − x_ref,i) Σ_j W2[c, j] m_j W1[j, i].
+torch::Tensor hand_deeplift(TinyMlp& net, const torch::Tensor& x, const torch::Tensor& reference,
+                            const torch::Tensor& targets, bool relu6) {
+  const auto w1 = net->first->weight.detach(), b1 = net->first->bias.detach();
+  const auto w2 = net->second->weight.detach();
+  const auto g = [&](double u) { return relu6 ? std::clamp(u, 0.0, 6.0) : std::max(u, 0.0); };
+  const auto derivative = [&](double u) { return (u > 0 && (!relu6 || u < 6)) ? 1.0 : 0.0; };
+  auto result = torch::zeros_like(x);
+  for (int64_t n = 0; n < x.size(0); ++n) {
+    const int64_t c = targets[n].item<int64_t>();
+    for (int64_t i = 0; i < 4; ++i) {
+      double chain = 0;
+      for (int64_t j = 0; j < 3; ++j) {
+        double u = b1[j].item<double>(), u_ref = b1[j].item<double>();
+        for (int64_t k = 0; k < 4; ++k) {
+          u += w1[j][k].item<double>() * x[n][k].item<double>();
+          u_ref += w1[j][k].item<double>() * reference[n][k].item<double>();
+        }
+        const double m = u == u_ref ? derivative(u) : (g(u) - g(u_ref)) / (u - u_ref);
+        chain += w2[c][j].item<double>() * m * w1[j][i].item<double>();
+      }
+      result[n][i] = (x[n][i].item<double>() - reference[n][i].item<double>()) * chain;
+    }
+  }
+  return result;
+}
+
+/// Whether some hidden unit of TinyMlp changes sign between x and the reference: there the
+/// Rescale multiplier differs from both derivatives, so the check below can tell them apart.
+bool crosses_zero(TinyMlp& net, const torch::Tensor& x, const torch::Tensor& reference) {
+  torch::NoGradGuard no_grad;
+  const auto u = net->first(x), u_ref = net->first(reference);
+  return ((u > 0) != (u_ref > 0)).any().item<bool>();
+}
+
+}  // namespace
+
+TEST_CASE("DeepLIFT on a one-hidden-layer ReLU net equals the hand computation and sums to the output difference") {
+  for (const auto rectifier : {Rectifier::relu, Rectifier::relu_inplace, Rectifier::module_relu,
+                               Rectifier::module_relu_inplace, Rectifier::relu6}) {
+    CAPTURE(static_cast<int>(rectifier));
+    torch::manual_seed(31);
+    TinyMlp net(rectifier);
+    net->to(torch::kDouble);
+    auto generator = at::make_generator<at::CPUGeneratorImpl>(17);
+    // Large inputs, so that ReLU6 sites saturate too.
+    const auto x = torch::randn({5, 4}, generator, torch::dtype(torch::kDouble)) * 6;
+    const auto reference = torch::randn({5, 4}, generator, torch::dtype(torch::kDouble)) * 2;
+    const auto targets = torch::tensor({0, 1, 1, 0, 1});
+    REQUIRE(crosses_zero(net, x, reference));
+    const auto got = igrad::attribute<igrad::DeepLift>(
+        net, x, targets, igrad::SaliencyOptions().baseline(reference).batch_size(2));
+    const bool relu6 = rectifier == Rectifier::relu6;
+    CHECK(max_abs_diff(got, hand_deeplift(net, x, reference, targets, relu6)) < 1e-10);
+    torch::NoGradGuard no_grad;
+    const auto delta = (net->forward(x) - net->forward(reference)).gather(1, targets.view({-1, 1})).view({-1});
+    CHECK(max_abs_diff(got.sum(1), delta) < 1e-10);
+  }
+}
+
+TEST_CASE("DeepLIFT on a linear model is w times (x minus the reference) and sums to the output difference") {
+  auto net = flat_linear(1 * 3 * 3, 4);
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(6);
+  const auto x = torch::randn({2, 1, 3, 3}, generator, torch::dtype(torch::kDouble));
+  const auto reference = torch::randn({1, 3, 3}, generator, torch::dtype(torch::kDouble));
+  const auto targets = torch::tensor({2, 1});
+  const auto got = igrad::attribute<igrad::DeepLift>(net, x, targets, igrad::SaliencyOptions().baseline(reference));
+  for (int64_t i = 0; i < 2; ++i) {
+    const int64_t t = targets[i].item<int64_t>();
+    const auto w = net->fc->weight[t].view({1, 3, 3});
+    CHECK(max_abs_diff(got[i], w * (x[i] - reference)) < 1e-12);
+    CHECK(got[i].sum().item<double>() == doctest::Approx(logit_of(net, x[i], t) - logit_of(net, reference, t)).epsilon(1e-10));
+  }
+}
+
+TEST_CASE("DeepLIFT of an input equal to its reference is zero and finite, the eps fallback instead of 0/0") {
+  torch::manual_seed(2);
+  TinyMlp net(Rectifier::relu);
+  net->to(torch::kDouble);
+  const auto x = torch::randn({3, 4}, torch::kDouble);
+  const auto got = igrad::attribute<igrad::DeepLift>(net, x, {}, igrad::SaliencyOptions().baseline(x));
+  CHECK(torch::isfinite(got).all().item<bool>());
+  CHECK(got.abs().max().item<double>() == 0.0);
+}
+
+TEST_CASE("DeepLiftRescale through gradient needs recorded and paired forwards, and equals DeepLift when given them") {
+  torch::manual_seed(8);
+  TinyMlp net(Rectifier::module_relu_inplace);
+  net->to(torch::kDouble);
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(4);
+  const auto x = torch::randn({3, 4}, generator, torch::dtype(torch::kDouble)) * 3;
+  const auto reference = torch::randn({3, 4}, generator, torch::dtype(torch::kDouble));
+  const auto targets = torch::tensor({1, 0, 1});
+  REQUIRE(crosses_zero(net, x, reference));
+  // Without a recording: a GraphError that says what is missing, not a silent gradient.
+  {
+    const auto input = x.clone().requires_grad_(true);
+    const auto y = net->forward(input).gather(1, targets.view({-1, 1})).sum();
+    try {
+      igrad::gradient<igrad::DeepLiftRescale>({y}, {input});
+      FAIL("expected a GraphError");
+    } catch (const igrad::GraphError& e) {
+      CHECK(has(e.what(), "RectifierRecording"));
+    }
+  }
+  // The low-level route of the documentation.
+  igrad::RectifierRecording reference_sites;
+  {
+    torch::NoGradGuard no_grad;
+    net->forward(reference);
+  }
+  reference_sites.stop();
+  igrad::RectifierRecording sites;
+  const auto input = x.clone().requires_grad_(true);
+  const auto y = net->forward(input).gather(1, targets.view({-1, 1})).sum();
+  sites.stop();
+  CHECK(sites.size() == 1);
+  CHECK(reference_sites.size() == 1);
+  // The recorded input is u before the in-place ReLU overwrote it: it has negative entries.
+  CHECK(sites.sites()[0].input.min().item<double>() < 0);
+  torch::Tensor by_hand;
+  {
+    igrad::ReferenceSites pairs(sites, reference_sites);
+    by_hand = (x - reference) * igrad::gradient<igrad::DeepLiftRescale>({y}, {input}, {}, /*retain_graph=*/true)[0];
+  }
+  const auto method = igrad::attribute<igrad::DeepLift>(net, x, targets, igrad::SaliencyOptions().baseline(reference));
+  CHECK(max_abs_diff(by_hand, method) < 1e-12);
+  CHECK(max_abs_diff(method, hand_deeplift(net, x, reference, targets, false)) < 1e-10);
+  // The pairing is gone with its scope: the same graph needs it again.
+  CHECK_THROWS_AS(igrad::gradient<igrad::DeepLiftRescale>({y}, {input}), igrad::GraphError);
+  // Recordings whose sites differ in shape are rejected.
+  igrad::RectifierRecording two_rows;
+  {
+    torch::NoGradGuard no_grad;
+    net->forward(reference.slice(0, 0, 2));
+  }
+  two_rows.stop();
+  CHECK_THROWS_AS(igrad::ReferenceSites(sites, two_rows), igrad::GraphError);
+  // Nothing is recorded outside a recording.
+  CHECK(igrad::detail::active_recording() == nullptr);
+}
+
+TEST_CASE("DeepLIFT keeps the SaliencyMethod laws, does not depend on batch_size and rejects a bad eps") {
+  auto net = conv_net(19, /*batch_norm=*/true);
+  {
+    net->train();
+    torch::NoGradGuard no_grad;
+    net->forward(random_images(8, 6) * 2 + 1);
+  }
+  const auto x = random_images(3, 9);
+  const auto options = igrad::SaliencyOptions().baseline(torch::tensor(0.3, torch::kDouble));
+  const auto report = igrad::testing::check_saliency_method<igrad::DeepLift>(
+      net, x, igrad::testing::ConformanceOptions().tolerance(1e-9), options);
+  INFO(report.summary());
+  CHECK(report.ok());
+  const auto t = torch::tensor({2, 0, 1});
+  const auto whole = igrad::attribute<igrad::DeepLift>(net, x, t, igrad::SaliencyOptions(options).batch_size(100));
+  CHECK(torch::isfinite(whole).all().item<bool>());
+  for (const int64_t chunk : {1, 2}) {
+    CHECK(max_abs_diff(igrad::attribute<igrad::DeepLift>(net, x, t, igrad::SaliencyOptions(options).batch_size(chunk)), whole) < 1e-12);
+  }
+  CHECK(has(igrad_error([&] { igrad::attribute<igrad::DeepLift>(net, x, {}, igrad::SaliencyOptions().deeplift_eps(-1)); }), "deeplift_eps"));
+  CHECK(has(igrad_error([&] { igrad::attribute<igrad::DeepLift>(net, x, {}, igrad::SaliencyOptions().baseline(torch::zeros({4, 1, 6, 6}))); }), "baseline"));
+}

@@ -720,6 +720,64 @@ struct GradientShap {
   }
 };
 
+/// @brief DeepLIFT with the Rescale rule (Shrikumar et al. 2017; captum's `DeepLift` on ReLU
+/// networks): the difference from the reference times the gradient in which every rectifier
+/// site passes the multiplier `(ReLU(u) − ReLU(u_ref)) / (u − u_ref)` instead of its derivative
+/// (`DeepLiftRescale`):
+/// \f[ \mathrm{DL}(x) = (x - x_{ref}) \odot \frac{\partial_{\mathrm{Rescale}}\, y^c}{\partial x}. \f]
+/// The reference `x_ref` is `SaliencyOptions::baseline` (zero by default, as captum); where
+/// `|u − u_ref| < deeplift_eps` (1e-10, captum's `eps`) a site passes its gradient. Each pass
+/// runs the reference forward and the input forward of at most `batch_size` inputs, recording
+/// their rectifier sites (`RectifierRecording`) and pairing them in call order
+/// (`ReferenceSites`). Summation-to-delta, `Σ DL = y^c(x) − y^c(x_ref)`, holds exactly when the
+/// ReLUs are the network's only nonlinearities (see `DeepLiftRescale`; other nonlinearities, such
+/// as max-pooling, pass their gradient, where captum has rules of its own). A model without
+/// rectifiers gets `(x − x_ref) ⊙ ∂y^c/∂x`, exact for a linear model. `GraphError` when the two
+/// forwards do not run the same rectifier sites.
+struct DeepLift {
+  static constexpr const char* name = "DeepLIFT";  ///< display name
+  /// @brief Input-shaped attributions.
+  torch::Tensor operator()(const SaliencyRequest& request) const {
+    const auto& o = request.options;
+    const auto& x = request.input;
+    detail::require(o.deeplift_eps() >= 0 && std::isfinite(o.deeplift_eps()),
+                    "DeepLIFT: SaliencyOptions::deeplift_eps is {}; expected a finite value >= 0",
+                    o.deeplift_eps());
+    const auto baseline = detail::checked_baseline(o.baseline(), x, name);
+    detail::SaliencyProgress progress(o, x.size(0));
+    auto result = torch::empty_like(x);
+    detail::for_each_batch(
+        x.size(0), detail::saliency_chunk(o), "SaliencyOptions::batch_size",
+        [&](int64_t start, int64_t end) {
+          const auto reference = baseline.slice(0, start, end).contiguous();
+          RectifierRecording reference_sites;
+          {
+            torch::NoGradGuard no_grad;
+            detail::checked_forward(request.model, reference);
+          }
+          reference_sites.stop();
+          torch::AutoGradMode enable_grad(true);
+          const auto input = x.slice(0, start, end).detach().requires_grad_(true);
+          RectifierRecording sites;
+          const auto logits = detail::checked_forward(request.model, input);
+          sites.stop();
+          const auto score =
+              detail::gather_targets(logits, request.targets.slice(0, start, end)).sum();
+          torch::Tensor g;
+          if (sites.size() == 0 && count_rectifier_sites({score}) == 0) {
+            g = gradient<StandardReLU>({score}, {input})[0];
+          } else {
+            ReferenceSites pairs(sites, reference_sites);
+            g = gradient<DeepLiftRescale>({score}, {input}, {}, false, false,
+                                          DeepLiftRescale{o.deeplift_eps()})[0];
+          }
+          result.slice(0, start, end).copy_((input.detach() - reference) * g);
+          progress.advance(end - start);
+        });
+    return result;
+  }
+};
+
 namespace detail {
 
 /// Checks and prepares a saliency call; the model must already be in evaluation mode.
@@ -800,7 +858,7 @@ torch::Tensor explain(const AnyModel& model, const torch::Tensor& x,
 inline constexpr auto all_saliency_methods =
     boost::hana::tuple_t<Gradient, GuidedBackprop, Deconvnet, InputXGradient, SmoothGrad,
                          SmoothGradSquared, VarGrad, IntegratedGradients, Occlusion,
-                         FeatureAblation, GradientShap>;
+                         FeatureAblation, GradientShap, DeepLift>;
 
 /// @}
 }  // namespace igrad
