@@ -465,6 +465,40 @@ TEST_CASE("DeepLiftRescale through gradient needs recorded and paired forwards, 
   CHECK(igrad::detail::active_recording() == nullptr);
 }
 
+namespace {
+
+/// A ReLU that runs only for inputs with a positive sum: data-dependent control flow, so the
+/// input and a zero reference run different rectifier sites.
+struct BranchingNetImpl : torch::nn::Module {
+  BranchingNetImpl() { fc = register_module("fc", torch::nn::Linear(4, 2)); }
+  torch::Tensor forward(torch::Tensor x) {
+    auto u = fc(x);
+    if (x.sum().item<double>() > 0) u = torch::relu(u);
+    return u;
+  }
+  torch::nn::Linear fc{nullptr};
+};
+TORCH_MODULE(BranchingNet);
+
+}  // namespace
+
+TEST_CASE("DeepLIFT reports forwards that run different rectifier sites as a GraphError") {
+  torch::manual_seed(3);
+  BranchingNet net;
+  net->to(torch::kDouble);
+  const auto x = torch::ones({1, 4}, torch::kDouble);
+  try {
+    igrad::attribute<igrad::DeepLift>(net, x, torch::tensor({0}));
+    FAIL("expected a GraphError");
+  } catch (const igrad::GraphError& e) {
+    CHECK(has(e.what(), "1 rectifier sites and the reference forward 0"));
+  }
+  // Both forwards without the ReLU: the gradient times the difference, as for a linear model.
+  const auto negative = -torch::ones({1, 4}, torch::kDouble);
+  const auto got = igrad::attribute<igrad::DeepLift>(net, negative, torch::tensor({1}));
+  CHECK(max_abs_diff(got[0], net->fc->weight[1].detach() * negative[0]) < 1e-12);
+}
+
 TEST_CASE("DeepLIFT keeps the SaliencyMethod laws, does not depend on batch_size and rejects a bad eps") {
   auto net = conv_net(19, /*batch_norm=*/true);
   {

@@ -76,9 +76,10 @@ struct SaliencyOptions {
   /// DeepLIFT: where `|u − u_ref| <` this at a rectifier site, the multiplier falls back to the
   /// ordinary gradient (captum's `eps`, default 1e-10).
   TORCH_ARG(double, deeplift_eps) = 1e-10;
-  /// Most inputs per forward/backward pass: the chunk size. Every method differentiates at most
-  /// this many inputs at once (images, noisy copies of SmoothGrad, path points of integrated
-  /// gradients), so the autograd graph, and the peak memory, do not grow with the batch; small
+  /// Most inputs per forward/backward pass: the chunk size. Every method passes at most this
+  /// many inputs through the model at once (images, noisy copies of SmoothGrad, path points of
+  /// integrated gradients, Gradient SHAP's samples, occluded or ablated copies, DeepLIFT's
+  /// input and its reference in two passes), so the autograd graph, and the peak memory, do not grow with the batch; small
   /// batches are filled with several copies or path points per pass. Results do not depend on it
   /// beyond floating-point rounding (SmoothGrad's noise is drawn one whole-batch copy at a time
   /// whatever the chunk).
@@ -812,15 +813,15 @@ torch::Tensor run_saliency(const AnyModel& model, const torch::Tensor& x,
 /// switches to eval mode and back. Mode switches made directly on the module
 /// (`module->train()`) bypass the lease and are not guarded.
 ///
-/// Memory and time: the shipped methods differentiate at most `SaliencyOptions::batch_size`
-/// inputs per pass (so peak memory does not grow with N beyond a few input-sized tensors) and
+/// Memory and time: the shipped methods pass at most `SaliencyOptions::batch_size` inputs
+/// through the model at once (so peak memory does not grow with N beyond a few input-sized tensors) and
 /// report each pass to `SaliencyOptions::progress`.
 ///
 /// Throws `InvalidArgument` for malformed input, targets of the wrong shape, dtype or range, an
-/// Integrated Gradients baseline that does not broadcast to the input, images whose channel
+/// baseline that does not broadcast to the input, other bad options (each named), images whose channel
 /// count or size the model rejects, or any other LibTorch error inside the method (named in the
 /// message; never a raw `c10::Error`); `GraphError` when a guided / deconvnet rule finds no
-/// rectifier.
+/// rectifier, or when DeepLIFT's input and reference forwards run different rectifier sites.
 template <SaliencyMethod S>
 torch::Tensor attribute(const AnyModel& model, const torch::Tensor& x,
                         const torch::Tensor& targets = {}, const SaliencyOptions& options = {},
