@@ -108,6 +108,7 @@ inline void on_rectifier_end(const at::RecordFunction& call, at::ObserverContext
 /// @endcode
 class RectifierRecording {
  public:
+  /// @brief Starts recording on this thread (an `at::RecordFunction` thread-local observer).
   RectifierRecording() : previous_(detail::active_recording()) {
     detail::active_recording() = this;
     handle_ = at::addThreadLocalCallback(
@@ -192,6 +193,8 @@ class ReferenceSitesBase {
 /// site's shape (the forwards did not run the same rectifiers).
 class ReferenceSites : public detail::ReferenceSitesBase {
  public:
+  /// @brief Pairs `forward`'s sites with `reference`'s (copied; the recordings may end first)
+  /// and makes the pairing the one `igrad::gradient` consults on this thread.
   ReferenceSites(const RectifierRecording& forward, const RectifierRecording& reference)
       : previous_(detail::active_pairing()) {
     detail::require<GraphError>(
