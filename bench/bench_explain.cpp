@@ -35,6 +35,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -305,10 +306,24 @@ void bench_more_cams(igrad::models::SmallCNN& model, const torch::Tensor& x,
   });
 }
 
+/// The options of a saliency line: the defaults, except Feature Ablation over superpixels of
+/// 4 × 4 pixels (its default, one group per pixel, is H·W + 1 forwards per image).
+template <class S>
+igrad::SaliencyOptions bench_saliency_options(const torch::Tensor& x) {
+  igrad::SaliencyOptions options;
+  if constexpr (std::is_same_v<S, igrad::FeatureAblation>) {
+    const auto rows = torch::div(torch::arange(x.size(2), torch::kLong), 4, "floor");
+    const auto columns = torch::div(torch::arange(x.size(3), torch::kLong), 4, "floor");
+    options.feature_mask(rows.view({-1, 1}) * ((x.size(3) + 3) / 4) + columns.view({1, -1}));
+  }
+  return options;
+}
+
 /// Section 3: each input-space method of `all_saliency_methods` with its default options
-/// (SmoothGrad and its NoiseTunnel modes: 25 noisy copies; integrated gradients: 50 points), one
-/// warm-up batch then one timed pass in batches of `--cam-batch`, against one forward + backward
-/// per batch timed in the same pass; a line per method in images/s.
+/// (SmoothGrad and its NoiseTunnel modes: 25 noisy copies; integrated gradients: 50 points;
+/// Occlusion: 4 × 4 windows, stride 2; Gradient SHAP: 5 samples; Feature Ablation: 4 × 4
+/// superpixels), one warm-up batch then one timed pass in batches of `--cam-batch`, against one
+/// forward + backward per batch timed in the same pass; a line per method in images/s.
 void bench_saliency(igrad::models::SmallCNN& model, const torch::Tensor& x, const torch::Tensor& y,
                     const Settings& s, const torch::Device& device) {
   const igrad::AnyModel any(model);
@@ -322,13 +337,14 @@ void bench_saliency(igrad::models::SmallCNN& model, const torch::Tensor& x, cons
   boost::hana::for_each(igrad::all_saliency_methods, [&](auto type) {
     using S = typename decltype(type)::type;
     const auto first = x.slice(0, 0, s.cam_batch), first_targets = y.slice(0, 0, s.cam_batch);
-    igrad::explain<S>(any, first, first_targets);  // warm-up, not counted
+    const auto options = bench_saliency_options<S>(x);
+    igrad::explain<S>(any, first, first_targets, options);  // warm-up, not counted
     double ms = 0, plain = 0;
     for (int64_t start = 0; start < n; start += s.cam_batch) {
       const auto xb = x.slice(0, start, start + s.cam_batch);
       const auto yb = y.slice(0, start, start + s.cam_batch);
       plain += time_ms(device, [&] { plain_pass(xb, yb); });
-      ms += time_ms(device, [&] { igrad::explain<S>(any, xb, yb); });
+      ms += time_ms(device, [&] { igrad::explain<S>(any, xb, yb, options); });
     }
     fmt::print("saliency {} {} images in batches of {}: {:.0f} ms, {:.1f} images/s, "
                "forward+backward {:.0f} ms, ratio {:.2f}\n",

@@ -227,6 +227,13 @@ concept ErrorFunction = std::copy_constructible<E> && detail::has_constant_name<
 ///
 /// **Minimal complete definition**: `is_standard`, `name` and the call operator.
 ///
+/// **Optional site call**: a rule may also define `torch::Tensor operator()(const
+/// igrad::RectifierSite&) const`, which receives the gradients and the site's input and output
+/// in the differentiated forward and in a reference forward; `igrad::gradient` then uses it
+/// instead of the two-argument call and requires the forwards recorded and paired
+/// (`RectifierRecording`, `ReferenceSites`). `DeepLiftRescale` is such a rule. The concept itself
+/// is unchanged, so rules without a site call are used exactly as before.
+///
 /// **Laws** (`igrad::testing::check_backprop_rule` checks them):
 /// - the result has the shape of `masked`, is finite for finite arguments, and the arguments are
 ///   left unchanged;
@@ -234,7 +241,8 @@ concept ErrorFunction = std::copy_constructible<E> && detail::has_constant_name<
 /// - `igrad::gradient<R>` equals the rule applied at each site, and the rule acts inside that
 ///   call only: ordinary gradients of the same graph before and after are standard.
 ///
-/// **Models igrad ships**: `StandardReLU`, `GuidedReLU`, `DeconvReLU` (`all_backprop_rules`).
+/// **Models igrad ships**: `StandardReLU`, `GuidedReLU`, `DeconvReLU` (`all_backprop_rules`);
+/// `DeepLiftRescale` (a site rule, outside that list: it needs a reference forward).
 ///
 /// **Example** (examples/custom_policies.cpp):
 /// @snippet custom_policies.cpp backprop_rule
@@ -293,7 +301,8 @@ concept CamMethod = std::default_initializable<C> && std::copy_constructible<C> 
 /// - it touches no parameter's `.grad`, no buffer, neither the input nor the model's mode.
 ///
 /// **Models igrad ships**: `Gradient`, `GuidedBackprop`, `Deconvnet`, `InputXGradient`,
-/// `SmoothGrad`, `SmoothGradSquared`, `VarGrad`, `IntegratedGradients` (`all_saliency_methods`).
+/// `SmoothGrad`, `SmoothGradSquared`, `VarGrad`, `IntegratedGradients`, `Occlusion`,
+/// `FeatureAblation`, `GradientShap`, `DeepLift` (`all_saliency_methods`).
 ///
 /// **Example**:
 /// @snippet doc_snippets.cpp saliency_method

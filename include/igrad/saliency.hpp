@@ -2,8 +2,8 @@
 /// @file saliency.hpp
 /// @brief Sub-umbrella: input-space saliency (SPEC §4) — `SaliencyMethod`, Gradient,
 /// GuidedBackprop, Deconvnet, InputXGradient, SmoothGrad, SmoothGradSquared, VarGrad,
-/// IntegratedGradients, `attribute`, `saliency_map`,
-/// `explain`, and the quadrature rules.
+/// IntegratedGradients, Occlusion, FeatureAblation, GradientShap, DeepLift, `attribute`,
+/// `saliency_map`, `explain`, and the quadrature rules.
 
 #include <igrad/saliency/quadrature.hpp>
 #include <igrad/saliency/saliency_methods.hpp>

@@ -38,7 +38,8 @@ constexpr bool draws_batch_noise = std::is_same_v<P, igrad::SmoothGradCamPlusPlu
                                    std::is_same_v<P, igrad::SSCam> ||
                                    std::is_same_v<P, igrad::SmoothGrad> ||
                                    std::is_same_v<P, igrad::SmoothGradSquared> ||
-                                   std::is_same_v<P, igrad::VarGrad>;
+                                   std::is_same_v<P, igrad::VarGrad> ||
+                                   std::is_same_v<P, igrad::GradientShap>;
 
 template <class P>
 igrad::testing::ConformanceOptions options_for() {
@@ -118,7 +119,7 @@ TEST_CASE("conformance: every shipped saliency method keeps the SaliencyMethod l
     CHECK(report.ok());
     ++checked;
   });
-  CHECK(checked == 8);
+  CHECK(checked == 12);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -244,7 +244,7 @@ TEST_CASE("saliency: misuse and the shipped list") {
     CHECK(a.sizes() == torch::IntArrayRef({2, 1, 6, 6}));
     ++count;
   });
-  CHECK(count == 8);
+  CHECK(count == 12);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ namespace igrad {
 
 /// @defgroup saliency_group Input-space saliency
 /// @brief Gradient, guided backprop, deconvnet, input × gradient, SmoothGrad, SmoothGrad²,
-/// VarGrad and integrated gradients (SPEC §4).
+/// VarGrad, integrated gradients, occlusion, feature ablation, Gradient SHAP and DeepLIFT
+/// (SPEC §4, docs/reference.md §4).
 /// @{
 
 /// @brief How integrated gradients approximate the path integral over t ∈ [0, 1].

@@ -26,6 +26,7 @@
 #include <concepts>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace igrad {
@@ -49,17 +50,44 @@ struct SaliencyOptions {
   TORCH_ARG(int64_t, steps) = 50;
   /// Integrated gradients: the quadrature rule (captum's default: Gauss–Legendre).
   TORCH_ARG(Integration, integration) = Integration::gauss_legendre;
-  /// Integrated gradients: the baseline x_b, input-shaped or broadcastable; zero when undefined.
+  /// The baseline (reference) x_b of Integrated Gradients, Occlusion, Feature Ablation and
+  /// DeepLIFT (and of Gradient SHAP when no `baseline_distribution` is given): input-shaped or
+  /// broadcastable (one image, a scalar...); zero when undefined (captum's default).
   TORCH_ARG(torch::Tensor, baseline) = {};
-  /// Most inputs per forward/backward pass: the chunk size. Every method differentiates at most
-  /// this many inputs at once (images, noisy copies of SmoothGrad, path points of integrated
-  /// gradients), so the autograd graph, and the peak memory, do not grow with the batch; small
+  /// Occlusion: the sliding window's shape, either over every dimension of one input (captum's
+  /// `sliding_window_shapes`, e.g. `{1, 4, 4}` for `[C, H, W]`) or, for images `[N, C, H, W]`,
+  /// `{h, w}` spanning all channels. igrad's default (captum has none): 4 × 4 over all channels.
+  TORCH_ARG(std::vector<int64_t>, occlusion_window) = std::vector<int64_t>{4, 4};
+  /// Occlusion: the window's step in each of the window's dimensions (same length as
+  /// `occlusion_window`). igrad's default is 2 (half the default window); captum's is 1.
+  TORCH_ARG(std::vector<int64_t>, occlusion_strides) = std::vector<int64_t>{2, 2};
+  /// Feature Ablation: integer group ids, input-shaped or broadcastable (`[H, W]`, `[1, 1, H, W]`,
+  /// `[N, 1, H, W]`...); the pixels sharing an id are ablated together (a superpixel or grid
+  /// mask). Undefined: every input element is its own feature (captum's default).
+  TORCH_ARG(torch::Tensor, feature_mask) = {};
+  /// Gradient SHAP: number of random samples per input (captum's `n_samples`, default 5).
+  TORCH_ARG(int64_t, shap_samples) = 5;
+  /// Gradient SHAP: absolute standard deviation of the Gaussian noise added to the input
+  /// (captum's `stdevs`, default 0: no noise).
+  TORCH_ARG(double, shap_stdev) = 0.0;
+  /// Gradient SHAP: the distribution of baselines `[B, ...]` (B images of the input's shape), one
+  /// drawn uniformly per sample; when undefined, `baseline` (zero by default) is the only one.
+  TORCH_ARG(torch::Tensor, baseline_distribution) = {};
+  /// DeepLIFT: where `|u − u_ref| <` this at a rectifier site, the multiplier falls back to the
+  /// ordinary gradient (captum's `eps`, default 1e-10).
+  TORCH_ARG(double, deeplift_eps) = 1e-10;
+  /// Most inputs per forward/backward pass: the chunk size. Every method passes at most this
+  /// many inputs through the model at once (images, noisy copies of SmoothGrad, path points of
+  /// integrated gradients, Gradient SHAP's samples, occluded or ablated copies, DeepLIFT's
+  /// input and its reference in two passes), so the autograd graph, and the peak memory, do not grow with the batch; small
   /// batches are filled with several copies or path points per pass. Results do not depend on it
   /// beyond floating-point rounding (SmoothGrad's noise is drawn one whole-batch copy at a time
   /// whatever the chunk).
   TORCH_ARG(int64_t, batch_size) = 64;
-  /// Called as `progress(done, total)` after each pass, counting differentiated inputs: N for
-  /// the gradient methods, N · samples for SmoothGrad and its noise modes, N · steps for integrated gradients.
+  /// Called as `progress(done, total)` after each pass, counting the inputs passed through the
+  /// model: N for the gradient methods, N · samples for SmoothGrad and its noise modes, N · steps
+  /// for integrated gradients, N · shap_samples for Gradient SHAP, N plus one per window or
+  /// group and image for Occlusion and Feature Ablation.
   TORCH_ARG(std::function<void(int64_t, int64_t)>, progress) = nullptr;
 };
 
@@ -286,27 +314,40 @@ struct VarGrad {
 
 namespace detail {
 
-/// The integrated-gradients baseline for `x`: zero when undefined, else `baseline` checked
-/// (finite, broadcastable to `x`) and expanded to `x`'s shape, device and dtype.
-inline torch::Tensor integration_baseline(const torch::Tensor& baseline, const torch::Tensor& x) {
-  if (!baseline.defined()) return torch::zeros_like(x);
-  bool broadcasts = baseline.dim() <= x.dim();
-  for (int64_t i = 1; broadcasts && i <= baseline.dim(); ++i) {
-    const int64_t size = baseline.size(baseline.dim() - i);
+/// Whether `t` broadcasts to `x`'s shape (trailing dimensions equal or 1, no more dimensions).
+inline bool broadcasts_to(const torch::Tensor& t, const torch::Tensor& x) {
+  bool broadcasts = t.dim() <= x.dim();
+  for (int64_t i = 1; broadcasts && i <= t.dim(); ++i) {
+    const int64_t size = t.size(t.dim() - i);
     broadcasts = size == 1 || size == x.size(x.dim() - i);
   }
+  return broadcasts;
+}
+
+/// A baseline for `x`: zero when undefined, else `baseline` checked (real, finite, broadcastable
+/// to `x`) and expanded to `x`'s shape, device and dtype. `method` and `option` name the caller
+/// and the setting in error messages.
+inline torch::Tensor checked_baseline(const torch::Tensor& baseline, const torch::Tensor& x,
+                                      std::string_view method,
+                                      std::string_view option = "SaliencyOptions::baseline") {
+  if (!baseline.defined()) return torch::zeros_like(x);
+  const bool broadcasts = broadcasts_to(baseline, x);
   std::vector<int64_t> one_image = x.sizes().vec();
   one_image[0] = 1;
   require(broadcasts,
-          "Integrated Gradients: the baseline (SaliencyOptions::baseline) has shape {}, which does "
-          "not broadcast to the input's shape {}; expected that shape, one image {} or any shape "
-          "that broadcasts to it",
-          shape_string(baseline), shape_string(x), shape_string(torch::empty(one_image)));
-  require(!baseline.is_complex(),
-          "Integrated Gradients: the baseline has dtype {}; expected a real tensor",
-          std::string(c10::toString(baseline.scalar_type())));
-  require_finite(baseline, "the Integrated Gradients baseline (SaliencyOptions::baseline)");
+          "{}: the baseline ({}) has shape {}, which does not broadcast to the input's shape {}; "
+          "expected that shape, one image {} or any shape that broadcasts to it",
+          method, option, shape_string(baseline), shape_string(x),
+          shape_string(torch::empty(one_image)));
+  require(!baseline.is_complex(), "{}: the baseline ({}) has dtype {}; expected a real tensor",
+          method, option, std::string(c10::toString(baseline.scalar_type())));
+  require_finite(baseline, fmt::format("the {} baseline ({})", method, option));
   return baseline.to(x.device(), x.scalar_type()).expand_as(x);
+}
+
+/// The integrated-gradients baseline for `x` (`checked_baseline` under that method's name).
+inline torch::Tensor integration_baseline(const torch::Tensor& baseline, const torch::Tensor& x) {
+  return checked_baseline(baseline, x, "Integrated Gradients");
 }
 
 }  // namespace detail
@@ -365,6 +406,381 @@ struct IntegratedGradients {
 
 namespace detail {
 
+/// The target logits `y^c` of `inputs` `[M, ...]` for `targets` `[M]`, without a graph, `chunk`
+/// rows per forward pass; `progress` (may be null) advances after each pass.
+inline torch::Tensor chunked_target_scores(const AnyModel& model, const torch::Tensor& inputs,
+                                           const torch::Tensor& targets, int64_t chunk,
+                                           SaliencyProgress* progress) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> parts;
+  for_each_batch(inputs.size(0), chunk, "SaliencyOptions::batch_size", [&](int64_t start, int64_t end) {
+    parts.push_back(gather_targets(checked_forward(model, inputs.slice(0, start, end)),
+                                   targets.slice(0, start, end)));
+    if (progress != nullptr) progress->advance(end - start);
+  });
+  return torch::cat(parts, 0);
+}
+
+/// The perturbations of one image: `count` masks of the image's shape (1 where the baseline
+/// replaces the input, else 0), built `[first, last)` at a time so that only one chunk's masks
+/// exist at once.
+struct PerturbationSet {
+  int64_t count = 0;                                                ///< number of masks
+  std::function<torch::Tensor(int64_t first, int64_t last)> masks;  ///< `[last − first, ...]`
+};
+
+/// What a perturbation method accumulates per image: `total = Σ_j d_j m_j` and
+/// `weights = Σ_j m_j`, both input-shaped.
+struct PerturbationSums {
+  torch::Tensor total;    ///< the output drops summed onto the masked elements
+  torch::Tensor weights;  ///< how many masks covered each element
+};
+
+/// The engine of Occlusion and Feature Ablation (captum's `FeatureAblation` loop): for each image
+/// i and each of its masks m_j, the drop of the target logit when the masked elements take the
+/// baseline's values, `d_ij = y^c(x_i) − y^c(x_i + m_j ⊙ (b_i − x_i))`, summed onto the masked
+/// elements. Perturbed inputs of consecutive images share forward passes of at most
+/// `SaliencyOptions::batch_size` rows; `progress` counts the forwarded inputs (N originals plus
+/// every perturbed one).
+template <class MasksOf>
+PerturbationSums perturbation_sums(const SaliencyRequest& request, const torch::Tensor& baseline,
+                                   MasksOf&& masks_of) {
+  const auto& x = request.input;
+  const int64_t n = x.size(0);
+  const int64_t chunk = saliency_chunk(request.options);
+  std::vector<PerturbationSet> sets;
+  int64_t perturbed = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    sets.push_back(masks_of(i));
+    perturbed += sets.back().count;
+  }
+  SaliencyProgress progress(request.options, n + perturbed);
+  const auto original =
+      chunked_target_scores(request.model, x, request.targets, chunk, &progress);
+  PerturbationSums sums{torch::zeros_like(x), torch::zeros_like(x)};
+  struct Piece {
+    int64_t image;
+    torch::Tensor masks;  // [k, ...image shape], x's device and dtype
+  };
+  std::vector<Piece> pending;
+  int64_t filled = 0;
+  const auto flush = [&] {
+    if (pending.empty()) return;
+    std::vector<torch::Tensor> inputs, targets;
+    for (const auto& piece : pending) {
+      const auto image = x[piece.image], reference = baseline[piece.image];
+      inputs.push_back(image + piece.masks * (reference - image));
+      targets.push_back(request.targets.slice(0, piece.image, piece.image + 1)
+                            .expand({piece.masks.size(0)}));
+    }
+    torch::Tensor scores;
+    {
+      torch::NoGradGuard no_grad;
+      scores = gather_targets(checked_forward(request.model, torch::cat(inputs, 0)),
+                              torch::cat(targets, 0));
+    }
+    progress.advance(filled);
+    int64_t offset = 0;
+    for (const auto& piece : pending) {
+      const int64_t k = piece.masks.size(0);
+      std::vector<int64_t> drop_shape(static_cast<size_t>(x.dim()), 1);
+      drop_shape[0] = k;
+      const auto drop = (original[piece.image] - scores.slice(0, offset, offset + k))
+                            .view(drop_shape);
+      sums.total[piece.image].add_((drop * piece.masks).sum(0));
+      sums.weights[piece.image].add_(piece.masks.sum(0));
+      offset += k;
+    }
+    pending.clear();
+    filled = 0;
+  };
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t first = 0; first < sets[i].count;) {
+      const int64_t take = std::min(sets[i].count - first, chunk - filled);
+      pending.push_back({i, sets[i].masks(first, first + take).to(x.device(), x.scalar_type())});
+      filled += take;
+      first += take;
+      if (filled == chunk) flush();
+    }
+  }
+  flush();
+  return sums;
+}
+
+/// The shape of one input of `x` `[N, ...]`.
+inline std::vector<int64_t> one_input_shape(const torch::Tensor& x) {
+  return std::vector<int64_t>(x.sizes().begin() + 1, x.sizes().end());
+}
+
+}  // namespace detail
+
+/// @brief Occlusion (Zeiler & Fergus 2014; captum's `Occlusion`): a window slides over the input
+/// with the given strides; each position is replaced by the baseline, and the drop of the target
+/// logit is credited to every element under the window. An element's attribution is the mean
+/// drop over the windows that cover it:
+/// \f[ a_k = \frac{\sum_j [k \in W_j]\, \big(y^c(x) - y^c(x_{W_j \leftarrow b})\big)}
+///                {\sum_j [k \in W_j]}. \f]
+/// Window positions as captum: along a dimension of size D with window w and stride s, the
+/// window starts at `0, s, 2s, …`, `⌈(D − w)/s⌉ + 1` times, the last one cut at the border, so
+/// that every element is covered (s ≤ w is required where w < D). Options:
+/// `occlusion_window` (`{h, w}` over all channels, or one size per input dimension as captum),
+/// `occlusion_strides`, `baseline` (zero by default), `batch_size` (perturbed inputs per
+/// forward). igrad's default window is 4 × 4 with stride 2 (captum: no default window, stride
+/// 1). `InvalidArgument` for a window or stride that does not fit the input.
+struct Occlusion {
+  static constexpr const char* name = "Occlusion";  ///< display name
+  /// @brief Input-shaped attributions.
+  torch::Tensor operator()(const SaliencyRequest& request) const {
+    const auto& o = request.options;
+    const auto& x = request.input;
+    const auto shape = detail::one_input_shape(x);
+    const auto dims = static_cast<int64_t>(shape.size());
+    auto window = o.occlusion_window();
+    auto strides = o.occlusion_strides();
+    detail::require(window.size() == strides.size(),
+                    "Occlusion: SaliencyOptions::occlusion_window has {} sizes and "
+                    "occlusion_strides {}; expected one stride per window dimension",
+                    window.size(), strides.size());
+    if (x.dim() == 4 && window.size() == 2) {  // {h, w}: spanning every channel
+      window.insert(window.begin(), x.size(1));
+      strides.insert(strides.begin(), 1);
+    }
+    detail::require(static_cast<int64_t>(window.size()) == dims,
+                    "Occlusion: SaliencyOptions::occlusion_window has {} sizes for inputs of shape "
+                    "{}; expected {} (one per input dimension){}",
+                    window.size(), detail::shape_string(x), dims,
+                    x.dim() == 4 ? ", or 2 ({h, w} over all channels)" : "");
+    std::vector<int64_t> counts(shape.size());
+    int64_t windows = 1;
+    for (int64_t d = 0; d < dims; ++d) {
+      const auto w = window[d], s = strides[d], size = shape[d];
+      detail::require(w >= 1 && w <= size,
+                      "Occlusion: the window's size {} in input dimension {} (of size {}); "
+                      "expected 1 to {}",
+                      w, d + 1, size, size);
+      detail::require(s >= 1 && (s <= w || w == size),
+                      "Occlusion: the stride {} in input dimension {} with window size {}; "
+                      "expected 1 to {} (a larger stride would leave elements uncovered)",
+                      s, d + 1, w, w);
+      counts[d] = (size - w + s - 1) / s + 1;
+      windows *= counts[d];
+    }
+    const auto masks = [shape, window, strides, counts](int64_t first, int64_t last) {
+      std::vector<int64_t> block_shape = shape;
+      block_shape.insert(block_shape.begin(), last - first);
+      auto block = torch::zeros(block_shape);
+      for (int64_t j = first; j < last; ++j) {
+        auto view = block[j - first];
+        int64_t rest = j;
+        for (int64_t d = static_cast<int64_t>(shape.size()) - 1; d >= 0; --d) {
+          const int64_t start = (rest % counts[d]) * strides[d];
+          rest /= counts[d];
+          view = view.narrow(d, start, std::min(window[d], shape[d] - start));
+        }
+        view.fill_(1);
+      }
+      return block;
+    };
+    const auto baseline = detail::checked_baseline(o.baseline(), x, name);
+    const auto sums = detail::perturbation_sums(request, baseline, [&](int64_t) {
+      return detail::PerturbationSet{windows, masks};
+    });
+    return sums.total / sums.weights;
+  }
+};
+
+/// @brief Feature Ablation (captum's `FeatureAblation`): the input's elements are grouped by a
+/// feature mask; each group in turn is replaced by the baseline, and the drop of the target
+/// logit is credited to every element of the group:
+/// \f[ a_k = y^c(x) - y^c(x_{G(k) \leftarrow b}), \f]
+/// `G(k)` the group of element k. Options: `feature_mask` (integer ids, input-shaped or
+/// broadcastable, e.g. `[H, W]` for a superpixel or grid mask shared by every image and channel,
+/// or `[N, ...]` one per image; by default every element is its own group, as captum),
+/// `baseline` (zero by default), `batch_size` (perturbed inputs per forward). One forward per
+/// group and image. `InvalidArgument` for a mask that is not integer or does not broadcast.
+struct FeatureAblation {
+  static constexpr const char* name = "Feature Ablation";  ///< display name
+  /// @brief Input-shaped attributions.
+  torch::Tensor operator()(const SaliencyRequest& request) const {
+    const auto& o = request.options;
+    const auto& x = request.input;
+    torch::Tensor ids;  // [N, ...] long, on the CPU
+    if (!o.feature_mask().defined()) {
+      ids = torch::arange(x[0].numel(), torch::kLong).view(detail::one_input_shape(x))
+                .unsqueeze(0).expand(x.sizes());
+    } else {
+      const auto& mask = o.feature_mask();
+      detail::require(!mask.is_floating_point() && !mask.is_complex() &&
+                          mask.scalar_type() != torch::kBool,
+                      "Feature Ablation: SaliencyOptions::feature_mask has dtype {}; expected "
+                      "integer group ids",
+                      std::string(c10::toString(mask.scalar_type())));
+      detail::require(detail::broadcasts_to(mask, x),
+                      "Feature Ablation: SaliencyOptions::feature_mask has shape {}, which does "
+                      "not broadcast to the input's shape {}; expected that shape, one image's, or "
+                      "e.g. [H, W] shared by all images and channels",
+                      detail::shape_string(mask), detail::shape_string(x));
+      ids = mask.to(torch::kCPU, torch::kLong).expand(x.sizes());
+    }
+    const auto shape = detail::one_input_shape(x);
+    const auto baseline = detail::checked_baseline(o.baseline(), x, name);
+    const auto sums = detail::perturbation_sums(request, baseline, [&](int64_t i) {
+      const auto flat = ids[i].reshape({-1});
+      const auto groups = std::get<0>(torch::unique_consecutive(std::get<0>(flat.sort())));
+      return detail::PerturbationSet{
+          groups.size(0), [flat, groups, shape](int64_t first, int64_t last) {
+            auto block_shape = shape;
+            block_shape.insert(block_shape.begin(), last - first);
+            return (flat.unsqueeze(0) == groups.slice(0, first, last).unsqueeze(1))
+                .to(torch::kFloat)
+                .view(block_shape);
+          }};
+    });
+    return sums.total;
+  }
+};
+
+/// @brief Gradient SHAP (Lundberg & Lee 2017; captum's `GradientShap`): the expected gradient
+/// times the input's difference from a baseline, over baselines drawn from a distribution,
+/// points drawn uniformly on the straight line between them, and Gaussian noise on the input:
+/// \f[ \phi(x) = \frac{1}{m} \sum_{k=1}^{m} \nabla y^c\big(b_k + t_k (\tilde x_k - b_k)\big)
+///     \odot (\tilde x_k - b_k), \quad \tilde x_k = x + \varepsilon_k,\;
+///     \varepsilon_k \sim N(0, \sigma^2),\; t_k \sim U(0, 1),\; b_k \sim \mathcal{B}. \f]
+/// Completeness holds in expectation: `E Σ φ = E y^c(x̃) − E y^c(b)`, exactly `y^c(x) − E
+/// y^c(b)` on a linear model without noise. Options, with captum's defaults: `shap_samples` m =
+/// 5, `shap_stdev` σ = 0 (absolute, as captum's `stdevs`), `baseline_distribution` `[B, ...]`
+/// (or the single `baseline`, zero by default), `seed` / `generator`. Draws are made on the CPU,
+/// per sample k in order (noise, baseline index, t for the whole batch), so they do not depend
+/// on `batch_size`; a batch draws other numbers than its images one by one.
+struct GradientShap {
+  static constexpr const char* name = "Gradient SHAP";  ///< display name
+  /// @brief Input-shaped attributions.
+  torch::Tensor operator()(const SaliencyRequest& request) const {
+    const auto& o = request.options;
+    const auto& x = request.input;
+    detail::require(o.shap_samples() >= 1,
+                    "Gradient SHAP: SaliencyOptions::shap_samples is {}; expected at least 1",
+                    o.shap_samples());
+    detail::require(o.shap_stdev() >= 0 && std::isfinite(o.shap_stdev()),
+                    "Gradient SHAP: SaliencyOptions::shap_stdev is {}; expected a finite value >= 0",
+                    o.shap_stdev());
+    const int64_t n = x.size(0), samples = o.shap_samples();
+    torch::Tensor distribution;  // [B, ...]: shared by every image
+    torch::Tensor per_image;     // [N, ...]: one fixed baseline per image
+    if (o.baseline_distribution().defined()) {
+      const auto& d = o.baseline_distribution();
+      detail::require(d.dim() == x.dim() && d.size(0) >= 1 &&
+                          d.sizes().slice(1) == x.sizes().slice(1),
+                      "Gradient SHAP: SaliencyOptions::baseline_distribution has shape {}; "
+                      "expected [B, ...] with B >= 1 baselines of one input's shape (input {})",
+                      detail::shape_string(d), detail::shape_string(x));
+      detail::require(!d.is_complex(),
+                      "Gradient SHAP: SaliencyOptions::baseline_distribution has dtype {}; "
+                      "expected a real tensor",
+                      std::string(c10::toString(d.scalar_type())));
+      detail::require_finite(d, "the Gradient SHAP baselines (SaliencyOptions::baseline_distribution)");
+      distribution = d.to(x.device(), x.scalar_type());
+    } else {
+      per_image = detail::checked_baseline(o.baseline(), x, name);
+    }
+    const int64_t chunk = detail::saliency_chunk(o);
+    auto generator = detail::noise_generator(o.generator(), o.seed());
+    std::vector<int64_t> per_sample_shape(static_cast<size_t>(x.dim()), 1);
+    per_sample_shape[0] = n;
+    detail::SaliencyProgress progress(o, n * samples);
+    auto total = torch::zeros_like(x);
+    // Copies in groups that fill a chunk, as SmoothGrad; the draws are made copy by copy.
+    const int64_t copies_per_pass = std::max<int64_t>(1, chunk / n);
+    for (int64_t first = 0; first < samples; first += copies_per_pass) {
+      const int64_t copies = std::min(copies_per_pass, samples - first);
+      std::vector<torch::Tensor> points, differences;
+      for (int64_t k = 0; k < copies; ++k) {
+        auto noisy = x;
+        if (o.shap_stdev() > 0)
+          noisy = x + o.shap_stdev() * detail::standard_normal(generator, x.sizes(), x);
+        torch::Tensor reference = per_image;
+        if (distribution.defined()) {
+          const auto index = torch::randint(distribution.size(0), {n}, generator,
+                                            torch::dtype(torch::kLong));
+          reference = distribution.index_select(0, index.to(x.device()));
+        }
+        const auto t = torch::rand({n}, generator, torch::dtype(torch::kDouble))
+                           .to(x.device(), x.scalar_type()).view(per_sample_shape);
+        differences.push_back(noisy - reference);
+        points.push_back(reference + t * differences.back());
+      }
+      const auto g = detail::chunked_target_gradient<StandardReLU>(
+          request.model, torch::cat(points, 0), request.targets.repeat({copies}), chunk, &progress);
+      total.add_((g * torch::cat(differences, 0)).view([&] {
+        auto shape = x.sizes().vec();
+        shape.insert(shape.begin(), copies);
+        return shape;
+      }()).sum(0));
+    }
+    return total / static_cast<double>(samples);
+  }
+};
+
+/// @brief DeepLIFT with the Rescale rule (Shrikumar et al. 2017; captum's `DeepLift` on ReLU
+/// networks): the difference from the reference times the gradient in which every rectifier
+/// site passes the multiplier `(ReLU(u) − ReLU(u_ref)) / (u − u_ref)` instead of its derivative
+/// (`DeepLiftRescale`):
+/// \f[ \mathrm{DL}(x) = (x - x_{ref}) \odot \frac{\partial_{\mathrm{Rescale}}\, y^c}{\partial x}. \f]
+/// The reference `x_ref` is `SaliencyOptions::baseline` (zero by default, as captum); where
+/// `|u − u_ref| < deeplift_eps` (1e-10, captum's `eps`) a site passes its gradient. Each pass
+/// runs the reference forward and the input forward of at most `batch_size` inputs, recording
+/// their rectifier sites (`RectifierRecording`) and pairing them in call order
+/// (`ReferenceSites`). Summation-to-delta, `Σ DL = y^c(x) − y^c(x_ref)`, holds exactly when the
+/// ReLUs are the network's only nonlinearities (see `DeepLiftRescale`; other nonlinearities, such
+/// as max-pooling, pass their gradient, where captum has rules of its own). A model without
+/// rectifiers gets `(x − x_ref) ⊙ ∂y^c/∂x`, exact for a linear model. `GraphError` when the two
+/// forwards do not run the same rectifier sites.
+struct DeepLift {
+  static constexpr const char* name = "DeepLIFT";  ///< display name
+  /// @brief Input-shaped attributions.
+  torch::Tensor operator()(const SaliencyRequest& request) const {
+    const auto& o = request.options;
+    const auto& x = request.input;
+    detail::require(o.deeplift_eps() >= 0 && std::isfinite(o.deeplift_eps()),
+                    "DeepLIFT: SaliencyOptions::deeplift_eps is {}; expected a finite value >= 0",
+                    o.deeplift_eps());
+    const auto baseline = detail::checked_baseline(o.baseline(), x, name);
+    detail::SaliencyProgress progress(o, x.size(0));
+    auto result = torch::empty_like(x);
+    detail::for_each_batch(
+        x.size(0), detail::saliency_chunk(o), "SaliencyOptions::batch_size",
+        [&](int64_t start, int64_t end) {
+          const auto reference = baseline.slice(0, start, end).contiguous();
+          RectifierRecording reference_sites;
+          {
+            torch::NoGradGuard no_grad;
+            detail::checked_forward(request.model, reference);
+          }
+          reference_sites.stop();
+          torch::AutoGradMode enable_grad(true);
+          const auto input = x.slice(0, start, end).detach().requires_grad_(true);
+          RectifierRecording sites;
+          const auto logits = detail::checked_forward(request.model, input);
+          sites.stop();
+          const auto score =
+              detail::gather_targets(logits, request.targets.slice(0, start, end)).sum();
+          torch::Tensor g;
+          if (sites.size() == 0 && count_rectifier_sites({score}) == 0) {
+            g = gradient<StandardReLU>({score}, {input})[0];
+          } else {
+            ReferenceSites pairs(sites, reference_sites);
+            g = gradient<DeepLiftRescale>({score}, {input}, {}, false, false,
+                                          DeepLiftRescale{o.deeplift_eps()})[0];
+          }
+          result.slice(0, start, end).copy_((input.detach() - reference) * g);
+          progress.advance(end - start);
+        });
+    return result;
+  }
+};
+
+namespace detail {
+
 /// Checks and prepares a saliency call; the model must already be in evaluation mode.
 template <class S>
 torch::Tensor run_saliency(const AnyModel& model, const torch::Tensor& x,
@@ -397,15 +813,15 @@ torch::Tensor run_saliency(const AnyModel& model, const torch::Tensor& x,
 /// switches to eval mode and back. Mode switches made directly on the module
 /// (`module->train()`) bypass the lease and are not guarded.
 ///
-/// Memory and time: the shipped methods differentiate at most `SaliencyOptions::batch_size`
-/// inputs per pass (so peak memory does not grow with N beyond a few input-sized tensors) and
+/// Memory and time: the shipped methods pass at most `SaliencyOptions::batch_size` inputs
+/// through the model at once (so peak memory does not grow with N beyond a few input-sized tensors) and
 /// report each pass to `SaliencyOptions::progress`.
 ///
 /// Throws `InvalidArgument` for malformed input, targets of the wrong shape, dtype or range, an
-/// Integrated Gradients baseline that does not broadcast to the input, images whose channel
+/// baseline that does not broadcast to the input, other bad options (each named), images whose channel
 /// count or size the model rejects, or any other LibTorch error inside the method (named in the
 /// message; never a raw `c10::Error`); `GraphError` when a guided / deconvnet rule finds no
-/// rectifier.
+/// rectifier, or when DeepLIFT's input and reference forwards run different rectifier sites.
 template <SaliencyMethod S>
 torch::Tensor attribute(const AnyModel& model, const torch::Tensor& x,
                         const torch::Tensor& targets = {}, const SaliencyOptions& options = {},
@@ -439,10 +855,11 @@ torch::Tensor explain(const AnyModel& model, const torch::Tensor& x,
   return saliency_map(attribute<S>(model, x, targets, options, method));
 }
 
-/// @brief The eight input-space methods igrad ships, as a Hana type list.
+/// @brief The input-space methods igrad ships, as a Hana type list.
 inline constexpr auto all_saliency_methods =
     boost::hana::tuple_t<Gradient, GuidedBackprop, Deconvnet, InputXGradient, SmoothGrad,
-                         SmoothGradSquared, VarGrad, IntegratedGradients>;
+                         SmoothGradSquared, VarGrad, IntegratedGradients, Occlusion,
+                         FeatureAblation, GradientShap, DeepLift>;
 
 /// @}
 }  // namespace igrad
