@@ -25,6 +25,7 @@
 #include <limits>
 #include <map>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace igrad {
@@ -73,14 +74,20 @@ void with_error_function(const std::string& name, F&& f) {
 }
 
 /// @brief The explainers of the CAM methods named `names` (class names such as `GradCam`,
-/// `Grad-CAM++`; case and '-' / '_' ignored), in order. Throws `InvalidArgument` for an unknown
-/// name, listing the known ones.
-inline std::vector<Explainer> cam_explainers_by_name(const std::vector<std::string>& names,
-                                                     const CamOptions& options = {}) {
+/// `Grad-CAM++`; case and '-' / '_' ignored), in order, looked up in `methods` (a Hana type
+/// list; all shipped methods by default). Throws `InvalidArgument` for an unknown name, listing
+/// the known ones.
+///
+/// A template (over the list) so that a translation unit that includes igrad but never calls it
+/// does not instantiate every CAM method (issue 17: the umbrella header's compile time).
+template <class Methods = std::remove_const_t<decltype(all_cam_methods)>>
+std::vector<Explainer> cam_explainers_by_name(const std::vector<std::string>& names,
+                                              const CamOptions& options = {},
+                                              const Methods& methods = all_cam_methods) {
   std::vector<Explainer> result;
   for (const auto& name : names) {
     bool found = false;
-    boost::hana::for_each(all_cam_methods, [&](auto type) {
+    boost::hana::for_each(methods, [&](auto type) {
       using C = typename decltype(type)::type;
       if (found || detail::folded_name(std::string(C::name)) != detail::folded_name(name)) return;
       found = true;
@@ -88,7 +95,7 @@ inline std::vector<Explainer> cam_explainers_by_name(const std::vector<std::stri
     });
     if (!found) {
       std::vector<std::string> known;
-      boost::hana::for_each(all_cam_methods, [&](auto type) {
+      boost::hana::for_each(methods, [&](auto type) {
         known.emplace_back(decltype(type)::type::name);
       });
       throw InvalidArgument(fmt::format("unknown CAM method '{}'; expected one of {}", name,
