@@ -273,7 +273,8 @@ concept BackpropRule = std::default_initializable<R> && std::copy_constructible<
 ///
 /// **Models igrad ships**: `Cam`, `GradCam`, `GradCamPlusPlus`, `SmoothGradCamPlusPlus`,
 /// `ScoreCam`, `SSCam`, `ISCam`, `XGradCam`, `LayerCam`, `HiResCam`, `EigenCam`, `AblationCam`,
-/// `OptiCam`, `GuidedGradCam`, `EigenGradCam`, `Fem`, `ShapleyCam`, `FinerCam<>`, `KpcaCam`
+/// `OptiCam`, `GuidedGradCam`, `EigenGradCam`, `Fem`, `ShapleyCam`, `FinerCam<>`, `KpcaCam`,
+/// `FullGrad`
 /// (`all_cam_methods`), and the wrappers `EigenSmooth<C>`, `AugSmooth<C>`.
 ///
 /// **Example** (examples/custom_policies.cpp):

@@ -6,6 +6,7 @@
 #include <igrad/cam/cam_method.hpp>
 #include <igrad/cam/eigen_methods.hpp>
 #include <igrad/cam/finer_cam.hpp>
+#include <igrad/cam/full_grad.hpp>
 #include <igrad/cam/gradient_free_methods.hpp>
 #include <igrad/cam/gradient_methods.hpp>
 #include <igrad/cam/guided_grad_cam.hpp>
@@ -135,7 +136,7 @@ torch::Tensor explain(const M& model, const torch::Tensor& x, const torch::Tenso
   return explain_raw<C>(model, x, targets, options, method);  // whose static_assert says why
 }
 
-/// @brief The nineteen CAM methods igrad ships, as a Hana type list (for ablations, figures and
+/// @brief The twenty CAM methods igrad ships, as a Hana type list (for ablations, figures and
 /// conformance tests). The smoothing wrappers `EigenSmooth<C>` and `AugSmooth<C>`, and Finer-CAM
 /// on other bases (`FinerCam<GradCamPlusPlus>`...), are CAM methods too; add them to a list of
 /// your own:
@@ -143,7 +144,8 @@ torch::Tensor explain(const M& model, const torch::Tensor& x, const torch::Tenso
 inline constexpr auto all_cam_methods =
     boost::hana::tuple_t<Cam, GradCam, GradCamPlusPlus, SmoothGradCamPlusPlus, ScoreCam, SSCam,
                          ISCam, XGradCam, LayerCam, HiResCam, EigenCam, AblationCam, OptiCam,
-                         GuidedGradCam, EigenGradCam, Fem, ShapleyCam, FinerCam<GradCam>, KpcaCam>;
+                         GuidedGradCam, EigenGradCam, Fem, ShapleyCam, FinerCam<GradCam>, KpcaCam,
+                         FullGrad>;
 
 /// @brief Summary statistics of a batch of maps `[N, H, W]` in [0, 1].
 struct MapStatistics {
