@@ -287,7 +287,7 @@ void bench_more_cams(igrad::models::SmallCNN& model, const torch::Tensor& x,
   };
   constexpr auto methods =
       boost::hana::tuple_t<igrad::EigenGradCam, igrad::Fem, igrad::ShapleyCam, igrad::FinerCam<>,
-                           igrad::KpcaCam, igrad::EigenSmooth<igrad::GradCam>,
+                           igrad::KpcaCam, igrad::FullGrad, igrad::EigenSmooth<igrad::GradCam>,
                            igrad::AugSmooth<igrad::GradCam>>;
   boost::hana::for_each(methods, [&](auto type) {
     using C = typename decltype(type)::type;
