@@ -5,9 +5,9 @@
 //      ScoreCAM does it (16 masked images per forward); both must give the same maps.
 //   2. The Grad-CAM family in batches of --cam-batch, against one plain forward + backward per
 //      batch, with the model calls each method makes per batch counted.
-//   2b. The CAM methods of issue 16 (EigenGrad-CAM, FEM, Shapley-CAM, Finer-CAM, KPCA-CAM) and
-//      the smoothing wrappers on Grad-CAM, on --more-cam-images images in batches of --cam-batch,
-//      in images/s, against one forward + backward per batch.
+//   2b. The CAM methods of issue 16 (EigenGrad-CAM, FEM, Shapley-CAM, Finer-CAM, KPCA-CAM,
+//      FullGrad) and the smoothing wrappers on Grad-CAM, on --more-cam-images images in batches
+//      of --cam-batch, in images/s, against one forward + backward per batch.
 //   3. Every input-space saliency method (all_saliency_methods, default options) on
 //      --saliency-images images in batches of --cam-batch, in images/s, against one forward +
 //      backward per batch.
