@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <iostream>
+#include <string>
 
 int main() {
   torch::manual_seed(0);
@@ -18,5 +19,27 @@ int main() {
   const auto maps = igrad::explain<igrad::GradCam>(igrad::models::split_sequential(model, 2),
                                                    torch::randn({2, 1, 8, 8}));
   std::cout << "igrad::core: L = " << result.loss << ", maps " << maps.sizes() << '\n';
-  return std::isfinite(result.loss) && maps.size(0) == 2 ? 0 : 1;
+
+  // FullGrad reads operator inputs through LibTorch's RecordFunction, whose inline accessor
+  // asserts on a debug-only flag when, as here (no build type), NDEBUG is not defined: the
+  // decomposition must be complete or the call a clear igrad error, never silently short.
+  bool full_grad_ok = false;
+  try {
+    model->eval();
+    const auto x = torch::randn({2, 1, 8, 8});
+    const auto targets = torch::tensor({0, 2});
+    const igrad::CamRequest request{igrad::models::split_sequential(model, 2), x, targets, {}, {}};
+    const auto terms = igrad::full_grad_terms(request);
+    auto total = terms.input_term.sum({1, 2, 3});
+    for (const auto& term : terms.bias_terms) total = total + term.sum({1, 2, 3});
+    const auto linear_bias = model->ptr(4)->as<torch::nn::LinearImpl>()->bias.index_select(0, targets);
+    const double gap = (total + linear_bias - terms.scores).abs().max().item<double>();
+    std::cout << "igrad::core: FullGrad terms " << terms.bias_terms.size()
+              << ", completeness error " << gap << '\n';
+    full_grad_ok = terms.bias_terms.size() == 1 && gap < 1e-4;
+  } catch (const igrad::GraphError& e) {
+    std::cout << "igrad::core: FullGrad refused: " << e.what() << '\n';
+    full_grad_ok = std::string(e.what()).find("NDEBUG") != std::string::npos;
+  }
+  return std::isfinite(result.loss) && maps.size(0) == 2 && full_grad_ok ? 0 : 1;
 }

@@ -20,6 +20,7 @@
 #include <igrad/detail/maps.hpp>
 #include <igrad/detail/model_calls.hpp>
 #include <igrad/exceptions.hpp>
+#include <igrad/rules/rectifier_sites.hpp>
 
 #include <ATen/record_function.h>
 #include <torch/csrc/autograd/edge.h>
@@ -130,6 +131,10 @@ inline std::unique_ptr<at::ObserverContext> on_bias_start(const at::RecordFuncti
   const bool conv = std::strcmp(name, "aten::conv2d") == 0;
   const bool norm = std::strcmp(name, "aten::batch_norm") == 0;
   if (!conv && !norm) return nullptr;
+  if (!record_inputs_readable(call)) {
+    if (recording->problem_.empty()) recording->problem_ = unreadable_record_inputs;
+    return nullptr;
+  }
   const auto inputs = call.inputs();
   const auto input = optional_tensor(inputs, 0);
   if (!input.defined() || input.dim() != 4) return nullptr;  // BatchNorm2d only (as FullGrad)

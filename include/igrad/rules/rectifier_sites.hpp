@@ -30,6 +30,7 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -72,13 +73,43 @@ struct SiteObservation final : at::ObserverContext {
   torch::Tensor input;
 };
 
-/// Whether an operator call is a rectifier site (SPEC §1): relu, relu_, hardtanh(0, ·).
+/// Whether `call.inputs()` can be read. In a translation unit compiled without NDEBUG, LibTorch's
+/// inline `RecordFunction::inputs()` asserts on a debug-only flag that a release LibTorch never
+/// sets (it lies in padding, so the values themselves are right), and the assert may throw
+/// inside the observer, where LibTorch only logs it. The observers check first and make their
+/// recording report the problem instead of leaving a site out silently.
+inline bool record_inputs_readable(const at::RecordFunction& call) noexcept {
+#ifdef NDEBUG
+  static_cast<void>(call);
+  return true;
+#else
+  try {
+    static_cast<void>(call.inputs());
+    return true;
+  } catch (...) {
+    return false;
+  }
+#endif
+}
+
+/// What a recording reports when `record_inputs_readable` is false.
+inline constexpr const char* unreadable_record_inputs =
+    "LibTorch's RecordFunction refused an operator's inputs: this translation unit is compiled "
+    "without NDEBUG against a release LibTorch, whose inline RecordFunction::inputs() then asserts "
+    "on a flag the library never sets; expected a build with NDEBUG defined (CMake's Release or "
+    "RelWithDebInfo)";
+
+/// Whether an operator's name is that of a rectifier site (SPEC §1): relu, relu_, hardtanh.
+inline bool is_rectifier_name(const char* name) {
+  return name != nullptr &&
+         (std::strcmp(name, "aten::relu") == 0 || std::strcmp(name, "aten::relu_") == 0 ||
+          std::strcmp(name, "aten::hardtanh") == 0 || std::strcmp(name, "aten::hardtanh_") == 0);
+}
+
+/// Whether a call with a rectifier's name is a rectifier site: relu, relu_, hardtanh(0, ·).
 inline bool is_rectifier_call(const at::RecordFunction& call) {
   const char* name = call.name();
-  if (name == nullptr) return false;
   if (std::strcmp(name, "aten::relu") == 0 || std::strcmp(name, "aten::relu_") == 0) return true;
-  if (std::strcmp(name, "aten::hardtanh") != 0 && std::strcmp(name, "aten::hardtanh_") != 0)
-    return false;
   const auto inputs = call.inputs();
   return inputs.size() >= 2 && inputs[1].isScalar() && inputs[1].toScalar().toDouble() == 0.0;
 }
@@ -132,19 +163,29 @@ class RectifierRecording {
   const std::vector<RecordedSite>& sites() const { return sites_; }
   /// @brief Number of sites recorded.
   std::size_t size() const { return sites_.size(); }
+  /// @brief Why a site could not be recorded (empty when none failed).
+  const std::string& problem() const { return problem_; }
 
  private:
+  friend std::unique_ptr<at::ObserverContext> detail::on_rectifier_start(const at::RecordFunction&);
   friend void detail::on_rectifier_end(const at::RecordFunction&, at::ObserverContext*);
   RectifierRecording* previous_ = nullptr;
   at::CallbackHandle handle_{};
   bool recording_ = true;
   std::vector<RecordedSite> sites_;
+  std::string problem_;
 };
 
 namespace detail {
 
 inline std::unique_ptr<at::ObserverContext> on_rectifier_start(const at::RecordFunction& call) {
-  if (active_recording() == nullptr || !is_rectifier_call(call)) return nullptr;
+  auto* recording = active_recording();
+  if (recording == nullptr || !is_rectifier_name(call.name())) return nullptr;
+  if (!record_inputs_readable(call)) {
+    if (recording->problem_.empty()) recording->problem_ = unreadable_record_inputs;
+    return nullptr;
+  }
+  if (!is_rectifier_call(call)) return nullptr;
   const auto inputs = call.inputs();
   if (inputs.empty() || !inputs[0].isTensor()) return nullptr;
   auto observation = std::make_unique<SiteObservation>();

@@ -762,6 +762,9 @@ struct DeepLift {
           RectifierRecording sites;
           const auto logits = detail::checked_forward(request.model, input);
           sites.stop();
+          for (const auto* recording : {&reference_sites, &sites})
+            detail::require<GraphError>(recording->problem().empty(), "DeepLIFT: {}",
+                                        recording->problem());
           const auto score =
               detail::gather_targets(logits, request.targets.slice(0, start, end)).sum();
           torch::Tensor g;
