@@ -74,6 +74,9 @@ struct Config {
   // that keep the default demo inside its time budget on 2 cores.
   bool extra_measures = true;
   std::vector<double> road_percentiles{10, 20, 30, 40, 50, 60, 70, 80, 90};  // pytorch-grad-cam's
+  // ROAD's imputation is a conjugate-gradient solve per percentile and order, its cost: a relative
+  // residual of 1e-6 changes the imputed pixels far less than the imputation's own noise (0.01).
+  double road_tolerance = 1e-6;
   int64_t faithcorr_runs = 20;       // Quantus: 100
   int64_t faithcorr_subset = 224;    // Quantus' subset_size (at most H·W)
   int64_t infidelity_samples = 10;   // captum's n_perturb_samples
@@ -95,7 +98,9 @@ void apply_smoke_settings(Config& c) {
   c.epochs = 1;
   c.eval_samples = 32;
   c.localisation_samples = 32;
+  c.road_percentiles = {20, 50, 80};
   c.faithcorr_runs = 10;
+  c.infidelity_samples = 5;
   c.sanity_images = 4;
 }
 
@@ -427,7 +432,7 @@ Evaluation evaluate(const Config& c, const igrad::distributed::ProcessGroup& gro
     const int64_t pixels = image.size(2) * image.size(3);
     options.complexity_metrics(true)
         .road(igrad::RoadOptions().percentiles(c.road_percentiles).imputation(
-            igrad::ImputationOptions().seed(c.seed)))
+            igrad::ImputationOptions().seed(c.seed).tolerance(c.road_tolerance)))
         .faithfulness_correlation(igrad::FaithfulnessCorrelationOptions()
                                       .runs(c.faithcorr_runs)
                                       .subset_size(std::min(c.faithcorr_subset, pixels))
@@ -647,6 +652,7 @@ int main(int argc, char** argv) {
   app.add_flag("--extra-measures,!--no-extra-measures", c.extra_measures,
                "also Sparseness, Complexity, ROAD, FaithCorr and Infidelity per CAM method (on by default)");
   app.add_option("--road-percentiles", c.road_percentiles, "ROAD: percentiles of pixels imputed (pytorch-grad-cam's ROADCombined)")->delimiter(',')->capture_default_str();
+  app.add_option("--road-tolerance", c.road_tolerance, "ROAD: relative residual of the imputation's conjugate-gradient solve (igrad's default 1e-10)")->capture_default_str()->check(CLI::Range(1e-14, 1e-1));
   app.add_option("--faithcorr-runs", c.faithcorr_runs, "faithfulness correlation: random subsets per image (Quantus: 100)")->capture_default_str()->check(CLI::Range(2, 100000));
   app.add_option("--faithcorr-subset", c.faithcorr_subset, "faithfulness correlation: pixels per subset (at most H·W)")->capture_default_str()->check(CLI::Range(1, 100000000));
   app.add_option("--infidelity-samples", c.infidelity_samples, "infidelity: Gaussian perturbations per image (captum's default)")->capture_default_str()->check(CLI::Range(1, 100000));
@@ -843,13 +849,13 @@ int main(int argc, char** argv) {
                   "Sparseness: Gini index of the map (higher: more concentrated); Complexity: entropy of "
                   "the map's fractional contributions (lower: more concentrated); ROAD: "
                   "pytorch-grad-cam's ROADCombined, (LeRF − MoRF) / 2 of the class probability over the "
-                  "percentiles {{{}}} with noisy linear imputation (higher is better); FaithCorr: Pearson "
+                  "percentiles {{{}}} with noisy linear imputation (conjugate gradients to a relative residual of {}; higher is better); FaithCorr: Pearson "
                   "correlation between the map's sum over {} random subsets of {} pixels and the drop of "
                   "the class logit when those pixels are set to the image's minimum (Quantus uses 100 "
                   "subsets; higher is better); Infidelity: captum's, {} Gaussian perturbations of σ 0.003 "
                   "(normalised units), the map rescaled by its least-squares factor (lower is better). "
                   "The two concentration measures say how focused a map is, not whether it is right.\n\n",
-                  fmt::join(c.road_percentiles, ", "), c.faithcorr_runs,
+                  fmt::join(c.road_percentiles, ", "), c.road_tolerance, c.faithcorr_runs,
                   std::min<int64_t>(c.faithcorr_subset, data.test.images(0, 1).size(2) * data.test.images(0, 1).size(3)),
                   c.infidelity_samples)
            << extra_table << "\n";
