@@ -6,7 +6,9 @@
 //     validation accuracy is within 1 point of λ = 0's (ties: the smaller λ).
 //  2. A baseline (λ = 0) and a regularised model (chosen λ), same seed and schedule.
 //  3. Test accuracy; AD / AI / AG / insertion / deletion for Grad-CAM, Grad-CAM++ and Score-CAM;
-//     pointing game and energy-based pointing game on cluttered Fashion-MNIST.
+//     Sparseness, Complexity, ROAD, faithfulness correlation and infidelity (Quantus, captum and
+//     pytorch-grad-cam's measures); pointing game and energy-based pointing game on cluttered
+//     Fashion-MNIST; the model parameter randomisation sanity check of Grad-CAM on both models.
 //  4. report.md with tables: each difference regularised − baseline with its 95 % bootstrap
 //     confidence interval over the test images, and whether it is better, worse or
 //     indistinguishable; CSV files and PNG figures.
@@ -23,6 +25,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -67,6 +70,17 @@ struct Config {
   int64_t eval_samples = 500;
   int64_t localisation_samples = 300;
   std::vector<std::string> methods{"GradCam", "GradCamPlusPlus", "ScoreCam"};
+  // The measures of issue 16 (Sparseness, Complexity, ROAD, FaithCorr, Infidelity), with settings
+  // that keep the default demo inside its time budget on 2 cores.
+  bool extra_measures = true;
+  std::vector<double> road_percentiles{10, 20, 30, 40, 50, 60, 70, 80, 90};  // pytorch-grad-cam's
+  // ROAD's imputation is a conjugate-gradient solve per percentile and order, its cost: a relative
+  // residual of 1e-6 changes the imputed pixels far less than the imputation's own noise (0.01).
+  double road_tolerance = 1e-6;
+  int64_t faithcorr_runs = 20;       // Quantus: 100
+  int64_t faithcorr_subset = 224;    // Quantus' subset_size (at most H·W)
+  int64_t infidelity_samples = 10;   // captum's n_perturb_samples
+  int64_t sanity_images = 8;         // images of the parameter randomisation check
   int threads = 2;
   uint64_t seed = 1;
   std::string output = "demo-report";
@@ -84,6 +98,10 @@ void apply_smoke_settings(Config& c) {
   c.epochs = 1;
   c.eval_samples = 32;
   c.localisation_samples = 32;
+  c.road_percentiles = {20, 50, 80};
+  c.faithcorr_runs = 10;
+  c.infidelity_samples = 5;
+  c.sanity_images = 4;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -138,19 +156,51 @@ Data load_data(const Config& c) {
   return d;
 }
 
-igrad::AnyModel make_model(const Config& c, int64_t in_channels, int64_t classes) {
+/// The parameter randomisation check of one trained model: (explainer, images, targets, options).
+using Randomisation = std::function<igrad::RandomisationResult(
+    const igrad::Explainer&, const torch::Tensor&, const torch::Tensor&,
+    const igrad::RandomisationOptions&)>;
+
+/// A model seen as `AnyModel`, and its randomisation check, which needs the module's own type to
+/// build a fresh copy (`model_randomisation(model, make_model, ...)`: the models are not
+/// `Cloneable`).
+struct BuiltModel {
+  igrad::AnyModel model;
+  Randomisation randomisation;
+};
+
+template <class M, class Make>
+BuiltModel built_model(Make make) {
+  M model = make();
+  Randomisation randomisation = [model, make](const igrad::Explainer& explainer,
+                                              const torch::Tensor& x, const torch::Tensor& targets,
+                                              const igrad::RandomisationOptions& options) {
+    return igrad::model_randomisation(model, make, explainer, x, targets, options);
+  };
+  return {igrad::AnyModel(model), std::move(randomisation)};
+}
+
+BuiltModel make_model(const Config& c, int64_t in_channels, int64_t classes) {
   using namespace igrad::models;
   torch::manual_seed(c.seed);  // every model of the run starts from the same weights
-  igrad::AnyModel model = [&]() -> igrad::AnyModel {
+  BuiltModel built = [&]() -> BuiltModel {
     if (c.model == "small_cnn")
-      return SmallCNN(SmallCNNOptions().in_channels(in_channels).classes(classes));
+      return built_model<SmallCNN>([options = SmallCNNOptions().in_channels(in_channels).classes(classes)] {
+        return SmallCNN(options);
+      });
     if (c.model == "resnet18")
-      return ResNet18(ResNet18Options().in_channels(in_channels).classes(classes));
+      return built_model<ResNet18>([options = ResNet18Options().in_channels(in_channels).classes(classes)] {
+        return ResNet18(options);
+      });
     if (c.model == "mobilenet_v2")
-      return MobileNetV2(MobileNetV2Options().in_channels(in_channels).classes(classes));
+      return built_model<MobileNetV2>(
+          [options = MobileNetV2Options().in_channels(in_channels).classes(classes)] {
+            return MobileNetV2(options);
+          });
     throw igrad::InvalidArgument(fmt::format(
         "unknown model '{}'; expected small_cnn, resnet18 or mobilenet_v2", c.model));
   }();
+  const auto& model = built.model;
   // Move parameters and buffers to the device through the module's own state.
   if (c.device != "cpu") {
     torch::NoGradGuard no_grad;
@@ -158,7 +208,7 @@ igrad::AnyModel make_model(const Config& c, int64_t in_channels, int64_t classes
     for (auto& p : model.parameters()) p.set_data(p.data().to(device));
     for (auto& b : model.buffers()) b.set_data(b.to(device));
   }
-  return model;
+  return built;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -211,6 +261,7 @@ struct TrainedModel {
   double lambda = 0;
   fs::path steps_csv, epochs_csv;
   double seconds = 0;
+  Randomisation randomisation;  ///< the sanity check on this model
 };
 
 /// Trains one model with error function E and λ; resumes from its checkpoint when asked.
@@ -223,7 +274,8 @@ TrainedModel train(const Config& c, const igrad::distributed::ProcessGroup& grou
                    const igrad::data::ImageDataset& data, double lambda, int64_t epochs,
                    const std::string& tag, const fs::path& dir) {
   namespace dist = igrad::distributed;
-  auto model = make_model(c, data.images(0, 1).size(1), data.classes());
+  auto built = make_model(c, data.images(0, 1).size(1), data.classes());
+  auto model = built.model;
   auto optimizer = make_optimizer(c, model);
   igrad::Trainer<E, igrad::GuidedReLU> trainer(model, *optimizer,
                                                igrad::TrainerOptions().lambda(lambda));
@@ -263,7 +315,8 @@ TrainedModel train(const Config& c, const igrad::distributed::ProcessGroup& grou
     if (group.is_rank_zero())
       fmt::print("{}: resuming at epoch {} from {}\n", tag, info.next_epoch + 1, checkpoint.string());
   }
-  TrainedModel result{model, lambda, dir / (tag + "_steps.csv"), dir / (tag + "_epochs.csv")};
+  TrainedModel result{model, lambda, dir / (tag + "_steps.csv"), dir / (tag + "_epochs.csv"), 0,
+                      built.randomisation};
   if (group.is_rank_zero())
     fmt::print("== training {} ({} samples, {} epochs, lambda {}, {} + GuidedReLU{})\n", tag,
                data.count(), epochs, lambda, E::name,
@@ -311,6 +364,10 @@ double accuracy(const igrad::AnyModel& model, const torch::Tensor& images,
   }
   return 100.0 * static_cast<double>(correct) / static_cast<double>(images.size(0));
 }
+
+/// The measures of issue 16 the report adds (per CAM method), in their table order.
+const std::vector<std::string> extra_metrics{"Sparseness", "Complexity", "ROAD", "FaithCorr",
+                                             "Infidelity"};
 
 struct Evaluation {
   double test_accuracy = 0;
@@ -368,7 +425,21 @@ Evaluation evaluate(const Config& c, const igrad::distributed::ProcessGroup& gro
   });
   e.test_accuracy = mean_of(e.per_image.values["accuracy"]);
   const int64_t n = std::min(c.eval_samples, data.test.count());
-  const auto options = igrad::PerImageOptions().batch_size(64).normalization(data.test.normalization());
+  auto options = igrad::PerImageOptions().batch_size(64).normalization(data.test.normalization());
+  std::vector<std::string> metrics{"AD", "AI", "AG", "Insertion", "Deletion"};
+  if (c.extra_measures) {
+    const auto image = data.test.images(0, 1);
+    const int64_t pixels = image.size(2) * image.size(3);
+    options.complexity_metrics(true)
+        .road(igrad::RoadOptions().percentiles(c.road_percentiles).imputation(
+            igrad::ImputationOptions().seed(c.seed).tolerance(c.road_tolerance)))
+        .faithfulness_correlation(igrad::FaithfulnessCorrelationOptions()
+                                      .runs(c.faithcorr_runs)
+                                      .subset_size(std::min(c.faithcorr_subset, pixels))
+                                      .seed(c.seed))
+        .infidelity(igrad::InfidelityOptions().samples(c.infidelity_samples).seed(c.seed));
+    metrics.insert(metrics.end(), extra_metrics.begin(), extra_metrics.end());
+  }
   auto faithfulness = sharded_scores(group, n, "--eval-samples:", [&](int64_t b, int64_t end) {
     return igrad::per_image_scores(
         trained.model, explainers,
@@ -376,7 +447,7 @@ Evaluation evaluate(const Config& c, const igrad::distributed::ProcessGroup& gro
                                data.test.labels().slice(0, b, end).to(device)},
         options);
   });
-  e.faithfulness = table_of(faithfulness, explainers, {"AD", "AI", "AG", "Insertion", "Deletion"});
+  e.faithfulness = table_of(faithfulness, explainers, metrics);
   e.per_image.values.merge(faithfulness.values);
   if (data.cluttered) {
     const int64_t m = std::min(c.localisation_samples, data.cluttered->count());
@@ -418,14 +489,20 @@ std::string comparison_table(const std::vector<Row>& rows, int& better, int& wor
       "| | baseline (λ = 0) | regularised | difference [95 % CI] | verdict |\n|---|---:|---:|---:|:---:|\n";
   for (const auto& r : rows) {
     const auto verdict = r.difference.verdict(r.larger_better);
-    const auto cell = [](double v, bool bold) {
-      return bold ? fmt::format("**{:.3f}**", v) : fmt::format("{:.3f}", v);
+    // Three decimals, or three significant digits for quantities that small (Infidelity).
+    const bool tiny = std::max(std::abs(r.baseline), std::abs(r.regularised)) < 0.01;
+    const auto number = [tiny](double v, bool sign) {
+      if (tiny) return sign ? fmt::format("{:+.2e}", v) : fmt::format("{:.2e}", v);
+      return sign ? fmt::format("{:+.3f}", v) : fmt::format("{:.3f}", v);
     };
-    out += fmt::format("| {} | {} | {} | {:+.3f} [{:+.3f}, {:+.3f}] | {} |\n", r.label,
+    const auto cell = [&](double v, bool bold) {
+      return bold ? "**" + number(v, false) + "**" : number(v, false);
+    };
+    out += fmt::format("| {} | {} | {} | {} [{}, {}] | {} |\n", r.label,
                        cell(r.baseline, verdict == igrad::stats::Verdict::worse),
                        cell(r.regularised, verdict == igrad::stats::Verdict::better),
-                       r.difference.mean, r.difference.lower, r.difference.upper,
-                       igrad::stats::to_string(verdict));
+                       number(r.difference.mean, true), number(r.difference.lower, true),
+                       number(r.difference.upper, true), igrad::stats::to_string(verdict));
     (verdict == igrad::stats::Verdict::better  ? better
      : verdict == igrad::stats::Verdict::worse ? worse
                                                : same)++;
@@ -433,11 +510,14 @@ std::string comparison_table(const std::vector<Row>& rows, int& better, int& wor
   return out;
 }
 
-std::vector<Row> metric_rows(const igrad::MetricsTable& base, const igrad::MetricsTable& reg) {
+/// One row per method and metric of `metrics` that the tables hold.
+std::vector<Row> metric_rows(const igrad::MetricsTable& base, const igrad::MetricsTable& reg,
+                             const std::vector<std::string>& metrics) {
   std::vector<Row> rows;
   for (const auto& method : base.methods())
     for (const auto& metric : base.metrics())
-      rows.push_back({fmt::format("{} {}", method, metric), method + "/" + metric,
+      if (std::find(metrics.begin(), metrics.end(), metric) != metrics.end())
+        rows.push_back({fmt::format("{} {}", method, metric), method + "/" + metric,
                       base.at(method, metric), reg.at(method, metric),
                       igrad::larger_is_better(metric)});
   return rows;
@@ -498,6 +578,44 @@ void write_explanation_figure(const Config& c, const fs::path& dir, const Data& 
   igrad::write_png((dir / "explanations.png").string(), out);
 }
 
+/// The model parameter randomisation check of Grad-CAM on both models (the same images and
+/// classes), its figures, its CSV, and the report section.
+std::string sanity_section(const Config& c, const fs::path& dir, const Data& data,
+                           const TrainedModel& base, const TrainedModel& reg) {
+  const torch::Device device(c.device);
+  const int64_t k = std::min(c.sanity_images, data.test.count());
+  const auto images = data.test.images(0, k).to(device);
+  const auto targets = data.test.labels().slice(0, 0, k).to(device);
+  const auto grad_cam = igrad::cam_explainers_by_name({"GradCam"}, {}).front();
+  const auto options = igrad::RandomisationOptions().seed(c.seed).keep_maps(true);
+  const auto figure = igrad::RandomisationFigureOptions().images(k).scale(images.size(2) <= 32 ? 3 : 1);
+  const auto b = base.randomisation(grad_cam, images, targets, options);
+  const auto r = reg.randomisation(grad_cam, images, targets, options);
+  igrad::write_randomisation_figure((dir / "sanity_gradcam_baseline.png").string(), images.cpu(), b, figure);
+  igrad::write_randomisation_figure((dir / "sanity_gradcam_regularised.png").string(), images.cpu(), r, figure);
+  std::ofstream csv(dir / "sanity.csv");
+  csv << "step,layer,baseline_mean_spearman,regularised_mean_spearman\n";
+  std::string table = "| layers randomised | last layer randomised | baseline | regularised |\n|---:|---|---:|---:|\n";
+  for (size_t s = 0; s < b.layers.size(); ++s) {
+    csv << fmt::format("{},{},{:.9g},{:.9g}\n", s + 1, b.layers[s], b.mean_spearman[s], r.mean_spearman[s]);
+    table += fmt::format("| {} | `{}` | {:.3f} | {:.3f} |\n", s + 1, b.layers[s], b.mean_spearman[s],
+                         r.mean_spearman[s]);
+  }
+  return fmt::format(
+      "## Sanity check: model parameter randomisation (Grad-CAM)\n\n"
+      "Adebayo et al. 2018: each model's parameterised layers are redrawn at random from the output "
+      "down, cascading (seed {}), and Grad-CAM explains the first {} test images (class = ground "
+      "truth) after each step; the table gives the mean Spearman rank correlation of the maps with "
+      "the trained model's maps. A method passes when the correlation falls towards 0 as layers are "
+      "randomised: its maps depend on the weights they claim to explain. One that stays near 1 "
+      "does not.\n\n{}\n"
+      "![sanity check, baseline](sanity_gradcam_baseline.png)\n\n"
+      "![sanity check, regularised](sanity_gradcam_regularised.png)\n\n"
+      "Rows: images; columns: the image, its Grad-CAM map, and the map after some of the steps "
+      "(labelled by the layer randomised last); under them the mean rank correlation per step.\n\n",
+      c.seed, k, table);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -531,6 +649,14 @@ int main(int argc, char** argv) {
   app.add_option("--eval-samples", c.eval_samples, "test images for AD/AI/AG/insertion/deletion")->capture_default_str();
   app.add_option("--localisation-samples", c.localisation_samples, "cluttered images for the pointing games")->capture_default_str();
   app.add_option("--methods", c.methods, "CAM methods to evaluate (class names)")->delimiter(',')->capture_default_str();
+  app.add_flag("--extra-measures,!--no-extra-measures", c.extra_measures,
+               "also Sparseness, Complexity, ROAD, FaithCorr and Infidelity per CAM method (on by default)");
+  app.add_option("--road-percentiles", c.road_percentiles, "ROAD: percentiles of pixels imputed (pytorch-grad-cam's ROADCombined)")->delimiter(',')->capture_default_str();
+  app.add_option("--road-tolerance", c.road_tolerance, "ROAD: relative residual of the imputation's conjugate-gradient solve (igrad's default 1e-10)")->capture_default_str()->check(CLI::Range(1e-14, 1e-1));
+  app.add_option("--faithcorr-runs", c.faithcorr_runs, "faithfulness correlation: random subsets per image (Quantus: 100)")->capture_default_str()->check(CLI::Range(2, 100000));
+  app.add_option("--faithcorr-subset", c.faithcorr_subset, "faithfulness correlation: pixels per subset (at most H·W)")->capture_default_str()->check(CLI::Range(1, 100000000));
+  app.add_option("--infidelity-samples", c.infidelity_samples, "infidelity: Gaussian perturbations per image (captum's default)")->capture_default_str()->check(CLI::Range(1, 100000));
+  app.add_option("--sanity-images", c.sanity_images, "test images of the parameter randomisation check")->capture_default_str()->check(CLI::Range(1, 10000));
   app.add_option("--threads", c.threads, "CPU threads")->capture_default_str()->check(CLI::Range(1, 256));
   app.add_option("--device", c.device, "cpu or cuda")->capture_default_str();
   app.add_option("--seed", c.seed, "seed of weights, shuffling and the cluttered set")->capture_default_str();
@@ -637,10 +763,20 @@ int main(int argc, char** argv) {
 
       // 3. Evaluation, each rank scoring its block of the images.
       if (writer) fmt::print("== evaluating the baseline\n");
+      const auto evaluation_start = std::chrono::steady_clock::now();
       const auto eb = evaluate(c, group, base, data, explainers);
       if (writer) fmt::print("== evaluating the regularised model\n");
       const auto er = evaluate(c, group, reg, data, explainers);
+      const double evaluation_seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - evaluation_start).count();
       if (!writer) return;  // rank 0 writes the files and the report
+      fmt::print("evaluation of both models: {:.1f} s ({} the issue-16 measures)\n", evaluation_seconds,
+                 c.extra_measures ? "with" : "without");
+      fmt::print("== sanity check: parameter randomisation of Grad-CAM\n");
+      const auto sanity_start = std::chrono::steady_clock::now();
+      const auto sanity_md = sanity_section(c, dir, data, base, reg);
+      const double sanity_seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - sanity_start).count();
       eb.faithfulness.write_csv((dir / "metrics_baseline.csv").string());
       er.faithfulness.write_csv((dir / "metrics_regularised.csv").string());
       if (eb.localisation) {
@@ -652,7 +788,9 @@ int main(int argc, char** argv) {
       write_training_curves(dir, base, reg);
       write_explanation_figure(c, dir, data, base, reg);
       std::vector<Row> rows{{"test accuracy (%)", "accuracy", eb.test_accuracy, er.test_accuracy, true}};
-      for (auto& r : metric_rows(eb.faithfulness, er.faithfulness)) rows.push_back(r);
+      for (auto& r : metric_rows(eb.faithfulness, er.faithfulness, {"AD", "AI", "AG", "Insertion", "Deletion"}))
+        rows.push_back(r);
+      auto extra_rows = metric_rows(eb.faithfulness, er.faithfulness, extra_metrics);
       std::vector<Row> loc_rows;
       if (eb.localisation) {
         for (const auto& method : eb.localisation->methods())
@@ -663,13 +801,15 @@ int main(int argc, char** argv) {
       }
       add_intervals(c, rows, eb, er);
       add_intervals(c, loc_rows, eb, er);
+      add_intervals(c, extra_rows, eb, er);
       int better = 0, worse = 0, same = 0;
       const auto main_table = comparison_table(rows, better, worse, same);
+      const auto extra_table = extra_rows.empty() ? std::string() : comparison_table(extra_rows, better, worse, same);
       const auto loc_table = loc_rows.empty() ? std::string() : comparison_table(loc_rows, better, worse, same);
       {
         std::ofstream csv(dir / "comparison.csv");
         csv << "quantity,baseline,regularised,larger_is_better,difference,ci_lower,ci_upper,verdict\n";
-        for (const auto* list : {&rows, &loc_rows})
+        for (const auto* list : {&rows, &extra_rows, &loc_rows})
           for (const auto& r : *list)
             csv << fmt::format("{},{:.9g},{:.9g},{},{:.9g},{:.9g},{:.9g},{}\n", r.label, r.baseline,
                                r.regularised, r.larger_better, r.difference.mean, r.difference.lower,
@@ -702,6 +842,23 @@ int main(int argc, char** argv) {
           "training's randomness (the study runner, examples/study.cpp, covers seeds).\n\n",
           data.test.count(), std::min(c.eval_samples, data.test.count()), c.resamples);
       md << main_table << "\n";
+      if (!extra_table.empty())
+        md << fmt::format(
+                  "## Further measures (Quantus, captum, pytorch-grad-cam)\n\n"
+                  "The same test images, classes and paired bootstrap as above, per CAM method. "
+                  "Sparseness: Gini index of the map (higher: more concentrated); Complexity: entropy of "
+                  "the map's fractional contributions (lower: more concentrated); ROAD: "
+                  "pytorch-grad-cam's ROADCombined, (LeRF − MoRF) / 2 of the class probability over the "
+                  "percentiles {{{}}} with noisy linear imputation (conjugate gradients to a relative residual of {}; higher is better); FaithCorr: Pearson "
+                  "correlation between the map's sum over {} random subsets of {} pixels and the drop of "
+                  "the class logit when those pixels are set to the image's minimum (Quantus uses 100 "
+                  "subsets; higher is better); Infidelity: captum's, {} Gaussian perturbations of σ 0.003 "
+                  "(normalised units), the map rescaled by its least-squares factor (lower is better). "
+                  "The two concentration measures say how focused a map is, not whether it is right.\n\n",
+                  fmt::join(c.road_percentiles, ", "), c.road_tolerance, c.faithcorr_runs,
+                  std::min<int64_t>(c.faithcorr_subset, data.test.images(0, 1).size(2) * data.test.images(0, 1).size(3)),
+                  c.infidelity_samples)
+           << extra_table << "\n";
       if (!loc_table.empty())
         md << fmt::format(
                   "## Localisation (cluttered Fashion-MNIST, 64×64, first {} test items)\n\n"
@@ -711,10 +868,16 @@ int main(int argc, char** argv) {
       md << fmt::format(
           "## Summary\n\nOf the {} quantities above, the regularised model is detectably better on "
           "{}, worse on {}, and indistinguishable from the baseline on {} (95 % intervals). {}\n\n",
-          rows.size() + loc_rows.size(), better, worse, same,
+          rows.size() + extra_rows.size() + loc_rows.size(), better, worse, same,
           worse > 0 ? "Where it is worse, the table says so: this run does not support a claim of "
                       "better explanations on those metrics."
                     : "On this run it is nowhere detectably worse.");
+      md << sanity_md;
+      md << fmt::format(
+          "## Time\n\nEvaluation of both models (every table above) {:.1f} s{}; sanity check {:.1f} s.\n\n",
+          evaluation_seconds,
+          c.extra_measures ? ", the further measures included" : " (further measures off: --no-extra-measures)",
+          sanity_seconds);
       md << "## Figures\n\n"
             "![explanations](explanations.png)\n\n"
             "Rows: test images. Columns: the image; the standard gradient of the baseline (B) and of "
@@ -722,15 +885,17 @@ int main(int argc, char** argv) {
             "B and R.\n\n"
             "![L_C](curves_classification_loss.png) ![L_R](curves_regulariser.png)\n\n"
             "Training curves per step (moving average over 15 steps).\n\n"
-            "## Files\n\n`comparison.csv`, `metrics_*.csv`, `localisation_*.csv`, `sweep.csv`, "
+            "## Files\n\n`comparison.csv`, `metrics_*.csv`, `localisation_*.csv`, `sweep.csv`, `sanity.csv`, "
             "`*_steps.csv` / `*_epochs.csv` (training logs), `checkpoints/` (resume with `--resume`).\n";
       md.close();
       fmt::print("\n{}", main_table);
+      if (!extra_table.empty()) fmt::print("\n{}", extra_table);
       if (!loc_table.empty()) fmt::print("\n{}", loc_table);
       fmt::print("\nregularised better on {}, worse on {}, indistinguishable on {}; total {:.0f} s\nreport: {}\n", better, worse, same,
                  total, (dir / "report.md").string());
-      for (const auto& r : rows)
-        if (!std::isfinite(r.baseline) || !std::isfinite(r.regularised)) exit_code = 1;
+      for (const auto* list : {&rows, &extra_rows})
+        for (const auto& r : *list)
+          if (!std::isfinite(r.baseline) || !std::isfinite(r.regularised)) exit_code = 1;
     });
     return exit_code;
   } catch (const std::exception& e) {
