@@ -510,3 +510,32 @@ TEST_CASE("doc snippets: data-parallel training in a world of one process") {
   CHECK(std::filesystem::exists("run.pt"));
   CHECK(igrad::load_checkpoint("run.pt", model, optimizer).next_epoch == 20);
 }
+
+TEST_CASE("doc snippets: DeepLIFT by hand, from two recorded forwards") {
+  torch::manual_seed(5);
+  TinyMlp model;  // Linear(4, 3) -> ReLU -> Linear(3, 2)
+  model->eval();
+  const auto x_in = torch::randn({2, 4});
+  const auto x_ref = torch::zeros({2, 4});
+  const int64_t c = 1;
+  //! [deeplift_by_hand]
+  igrad::RectifierRecording reference;  // the reference forward
+  model->forward(x_ref);
+  reference.stop();
+  igrad::RectifierRecording sites;      // the forward to differentiate
+  auto x = x_in.detach().requires_grad_(true);
+  auto y = model->forward(x).select(1, c).sum();
+  sites.stop();
+  igrad::ReferenceSites pairs(sites, reference);
+  auto g = igrad::gradient<igrad::DeepLiftRescale>({y}, {x})[0];
+  auto attributions = (x_in - x_ref) * g;
+  //! [deeplift_by_hand]
+  // Rescale on one hidden ReLU layer sums to the output difference (summation-to-delta), and
+  // equals igrad::DeepLift with the same reference.
+  torch::NoGradGuard no_grad;
+  const auto delta = model->forward(x_in).select(1, c) - model->forward(x_ref).select(1, c);
+  CHECK(torch::allclose(attributions.sum(1), delta, 1e-5, 1e-6));
+  const auto same = igrad::attribute<igrad::DeepLift>(
+      model, x_in, torch::tensor({c, c}), igrad::SaliencyOptions().baseline(x_ref));
+  CHECK(torch::allclose(attributions, same, 1e-5, 1e-6));
+}

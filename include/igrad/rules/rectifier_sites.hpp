@@ -125,18 +125,7 @@ inline void on_rectifier_end(const at::RecordFunction& call, at::ObserverContext
 ///
 /// Recordings nest (the innermost records); `stop()` ends one early. A site costs one copy of
 /// its input and output. Example, the low-level route of `igrad::DeepLift`:
-/// @code
-/// igrad::RectifierRecording reference;  // the reference forward
-/// model->forward(x_ref);
-/// reference.stop();
-/// igrad::RectifierRecording sites;      // the forward to differentiate
-/// auto x = x_in.detach().requires_grad_(true);
-/// auto y = model->forward(x).select(1, c).sum();
-/// sites.stop();
-/// igrad::ReferenceSites pairs(sites, reference);
-/// auto g = igrad::gradient<igrad::DeepLiftRescale>({y}, {x})[0];
-/// auto attributions = (x_in - x_ref) * g;
-/// @endcode
+/// @snippet doc_snippets.cpp deeplift_by_hand
 class RectifierRecording {
  public:
   /// @brief Starts recording on this thread (an `at::RecordFunction` thread-local observer).
