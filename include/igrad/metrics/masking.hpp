@@ -109,9 +109,9 @@ inline torch::Tensor metric_forward(const AnyModel& model, const torch::Tensor& 
                             "images");
 }
 
-/// Softmax probabilities `[N, K]` (double, on `x`'s device) of a batch; checks that the logits
-/// are `[N, K]`. The model runs on its own device and dtype (a CUDA model scores CPU images).
-inline torch::Tensor class_probabilities(const AnyModel& model, const torch::Tensor& x) {
+/// The logits `[N, K]` of a batch, as the model computes them (its own device and dtype: a CUDA
+/// model scores CPU images); checks that they are `[N, K]`.
+inline torch::Tensor checked_logits(const AnyModel& model, const torch::Tensor& x) {
   const auto parameters = model.parameters();
   const auto input = parameters.empty()
                          ? x
@@ -120,22 +120,19 @@ inline torch::Tensor class_probabilities(const AnyModel& model, const torch::Ten
   require(logits.defined() && logits.dim() == 2 && logits.size(0) == x.size(0),
           "the model returned logits of shape {} for a batch of {}; expected [{}, K]",
           shape_string(logits), x.size(0), x.size(0));
-  return torch::softmax(logits.to(torch::kDouble), 1).to(x.device());
+  return logits;
+}
+
+/// Softmax probabilities `[N, K]` (double, on `x`'s device) of a batch.
+inline torch::Tensor class_probabilities(const AnyModel& model, const torch::Tensor& x) {
+  return torch::softmax(checked_logits(model, x).to(torch::kDouble), 1).to(x.device());
 }
 
 /// The score `[N, K]` (double, on `x`'s device) the model gives each class of a batch: softmax
-/// probabilities or logits; the model runs on its own device and dtype.
+/// probabilities or logits.
 inline torch::Tensor class_scores(const AnyModel& model, const torch::Tensor& x, ModelScore score) {
   if (score == ModelScore::probability) return class_probabilities(model, x);
-  const auto parameters = model.parameters();
-  const auto input = parameters.empty()
-                         ? x
-                         : x.to(parameters.front().device(), parameters.front().scalar_type());
-  const auto logits = metric_forward(model, input);
-  require(logits.defined() && logits.dim() == 2 && logits.size(0) == x.size(0),
-          "the model returned logits of shape {} for a batch of {}; expected [{}, K]",
-          shape_string(logits), x.size(0), x.size(0));
-  return logits.to(x.device(), torch::kDouble);
+  return checked_logits(model, x).to(x.device(), torch::kDouble);
 }
 
 /// Finite maps `[N, H, W]` (a `[N, 1, H, W]` map is squeezed) matching images `x`, any sign or
