@@ -19,6 +19,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <concepts>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -32,13 +33,16 @@ struct EpochLog;         // callbacks/callback.hpp
 
 namespace detail {
 
-/// `T::name` is a compile-time constant convertible to `const char*`
+/// `T::name` is a compile-time constant string convertible to `const char*`
 /// (`static constexpr const char* name = "...";`): a data member or a non-constexpr static
-/// would only fail later, deep inside a table or a message.
+/// would only fail later, deep inside a table or a message. The check reads the string's
+/// length rather than comparing the pointer with nullptr: under g++'s `-fsanitize=undefined`
+/// that comparison is not a constant expression for a name stored in a member array
+/// (`FinerCam<Base>`'s composed name), and the sanitizer build would reject a valid method.
 template <class T>
 concept has_constant_name = requires {
   { T::name } -> std::convertible_to<const char*>;
-  typename std::bool_constant<(static_cast<const char*>(T::name) != nullptr)>;
+  typename std::bool_constant<(std::string_view(static_cast<const char*>(T::name)).size() > 0)>;
 };
 
 /// `T::is_standard` is a compile-time `bool` constant (`static constexpr bool is_standard`):
