@@ -13,6 +13,11 @@
 // study continues where it stopped, and training resumes from the run's last epoch checkpoint
 // (kept under work/, outside the results). The report (report.md, differences.csv, runs.csv,
 // figures) is rewritten after every run, and `--report-only` rewrites it from whatever finished.
+//
+// Under a launcher (torchrun, srun, mpirun, tools/launch/local.sh) the runs are shared out: rank r
+// of W trains the runs of each phase whose index is r modulo W, into the same study folder. The
+// ranks need no collective, only that folder: between the phases each rank waits until every
+// phase-1 run has finished, and rank 0 alone writes the report, once every run has finished.
 #include <igrad/igrad.hpp>
 #include <igrad/stats.hpp>
 #include <igrad/study.hpp>
@@ -34,6 +39,8 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <string_view>
+#include <thread>
 #include <vector>
 
 namespace fs = std::filesystem;
@@ -382,8 +389,11 @@ std::vector<RunResult> read_runs(const Config& c, const fs::path& dir) {
   std::vector<RunResult> runs;
   if (!fs::exists(dir / "runs")) return runs;
   std::vector<fs::path> folders;
+  // A `.partial` folder is a run being written (by another rank) or one killed while writing.
   for (const auto& entry : fs::directory_iterator(dir / "runs"))
-    if (entry.is_directory() && fs::exists(entry.path() / "summary.txt")) folders.push_back(entry.path());
+    if (entry.is_directory() && entry.path().extension() != ".partial" &&
+        fs::exists(entry.path() / "summary.txt"))
+      folders.push_back(entry.path());
   std::sort(folders.begin(), folders.end());
   for (const auto& folder : folders) {
     RunResult r;
@@ -746,18 +756,52 @@ void write_report(const Config& c, const fs::path& dir, const std::vector<RunRes
 // ---------------------------------------------------------------------------------------------
 // The study
 
-/// Runs `specs` that have not finished; returns false when --max-runs stopped it.
+/// This process's part of a study launched on several processes: rank r of W takes the runs
+/// whose index in each phase is r modulo W (a world of one takes them all).
+struct Share {
+  int64_t rank = 0, world = 1;
+  bool takes(size_t index) const { return static_cast<int64_t>(index) % world == rank; }
+};
+
+bool finished_run(const Config& c, const RunSpec& spec, const fs::path& dir) {
+  return fs::exists(dir / "runs" / spec.id(c) / "summary.txt");
+}
+
+/// Runs this process's share of `specs` that have not finished; returns false when --max-runs
+/// stopped it.
 bool run_all(const Config& c, Data& data, const std::vector<igrad::Explainer>& explainers,
-             const std::vector<RunSpec>& specs, const fs::path& dir, int64_t& runs_done,
-             const std::function<void()>& after_each) {
-  for (const auto& spec : specs) {
-    if (fs::exists(dir / "runs" / spec.id(c) / "summary.txt")) continue;
+             const std::vector<RunSpec>& specs, const Share& share, const fs::path& dir,
+             int64_t& runs_done, const std::function<void()>& after_each) {
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const auto& spec = specs[i];
+    if (!share.takes(i) || finished_run(c, spec, dir)) continue;
     if (c.max_runs > 0 && runs_done >= c.max_runs) return false;
     run_one(c, data, explainers, spec, dir);
     ++runs_done;
     after_each();
   }
   return true;
+}
+
+/// Waits until every run of `specs` has finished (the other ranks' share). A rank that fails
+/// makes the launcher stop the others (torchrun, `srun --kill-on-bad-exit`, local.sh), so no
+/// timeout here: a run may take hours.
+void wait_for_runs(const Config& c, const std::vector<RunSpec>& specs, const Share& share,
+                   const fs::path& dir, std::string_view what) {
+  auto last_message = std::chrono::steady_clock::now() - std::chrono::hours(1);
+  for (;;) {
+    std::vector<std::string> missing;
+    for (const auto& spec : specs)
+      if (!finished_run(c, spec, dir)) missing.push_back(spec.id(c));
+    if (missing.empty()) return;
+    if (std::chrono::steady_clock::now() - last_message > std::chrono::minutes(10)) {
+      fmt::print("rank {}: waiting for {} of the other ranks: {}\n", share.rank, what,
+                 fmt::join(missing, ", "));
+      std::fflush(stdout);
+      last_message = std::chrono::steady_clock::now();
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+  }
 }
 
 }  // namespace
@@ -811,9 +855,12 @@ int main(int argc, char** argv) {
     const auto grid_error = error_class_name(c.grid_error);
     std::vector<std::string> others;
     for (const auto& e : c.other_errors) others.push_back(error_class_name(e));
+    const auto launch = igrad::distributed::LaunchEnvironment::from_environment();
+    const Share share{launch.rank, launch.world_size};
     const fs::path dir = fs::absolute(c.output);
     fs::create_directories(dir / "runs");
-    if (!c.report_only) {
+    if (share.rank > 0 && c.report_only) return 0;  // rank 0 writes it
+    if (!c.report_only && share.rank == 0) {
       std::ofstream command(dir / "command.txt");
       std::vector<std::string> args(argv, argv + argc);
       command << fmt::format("{}\n", fmt::join(args, " "));
@@ -842,24 +889,44 @@ int main(int argc, char** argv) {
 
     fmt::print("data: {} training, {} test images; settings: {}\n", data.train.count(),
                data.test.count(), settings_fingerprint(c));
+    if (share.world > 1)
+      fmt::print("rank {} of {} ({}): runs {} modulo {} of each phase\n", share.rank, share.world,
+                 launch.launcher, share.rank, share.world);
+    // Only rank 0 writes the report, so that no two processes write the same files.
+    const std::function<void()> after_each = [&] {
+      if (share.rank == 0) report();
+    };
     int64_t runs_done = 0;
     std::vector<RunSpec> phase1;
     for (double l : c.lambdas)
       for (auto seed : c.seeds) phase1.push_back({l == 0 ? "none" : grid_error, l, seed});
-    bool finished = run_all(c, data, explainers, phase1, dir, runs_done, report);
+    bool finished = run_all(c, data, explainers, phase1, share, dir, runs_done, after_each);
     if (finished) {
+      if (share.world > 1) wait_for_runs(c, phase1, share, dir, "phase-1 runs");
       phase1_complete = true;
       if (!best) {
+        // Every rank reads the same finished runs, so every rank chooses the same λ.
         best = choose_lambda(c, compare(c, read_runs(c, dir)));
         igrad::detail::require<igrad::Error>(best.has_value(), "no λ > 0 in the grid to choose from");
-        std::ofstream(dir / "best_lambda.txt") << fmt::format("{}\n", *best);
+        if (share.rank == 0) std::ofstream(dir / "best_lambda.txt") << fmt::format("{}\n", *best);
         fmt::print("phase 2: the other error functions at lambda {}\n", *best);
       }
       std::vector<RunSpec> phase2;
       for (const auto& e : others)
         if (e != grid_error)
           for (auto seed : c.seeds) phase2.push_back({e, *best, seed});
-      finished = run_all(c, data, explainers, phase2, dir, runs_done, report);
+      finished = run_all(c, data, explainers, phase2, share, dir, runs_done, after_each);
+      if (finished && share.world > 1) {
+        if (share.rank > 0) {
+          fmt::print("rank {}: its runs are finished; rank 0 writes the report\n", share.rank);
+          return 0;
+        }
+        wait_for_runs(c, phase2, share, dir, "phase-2 runs");
+      }
+    }
+    if (share.rank > 0) {
+      fmt::print("rank {}: stopped by --max-runs (rerun to continue)\n", share.rank);
+      return 0;
     }
     report();
     fmt::print("{}; report: {}\n", finished ? "study complete" : "stopped by --max-runs (rerun to continue)",
