@@ -8,6 +8,8 @@
 //   igrad_ablation --smoke --output ablation-smoke      # about a minute on 2 cores
 #include <igrad/igrad.hpp>
 
+#include "single_process.hpp"
+
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -313,6 +315,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
+    if (leave_to_rank_zero("igrad_ablation")) return 0;
     return run(settings);
   } catch (const std::exception& e) {
     fmt::print(stderr, "igrad_ablation: {}\n", e.what());

@@ -7,6 +7,8 @@
 #include <igrad/igrad.hpp>
 #include <igrad/testing/conformance.hpp>
 
+#include "single_process.hpp"
+
 #include <cmath>
 #include <filesystem>
 #include <limits>
@@ -97,6 +99,7 @@ std::vector<torch::data::Example<>> random_batches(int64_t batches, int64_t batc
 }  // namespace
 
 int main() try {
+  if (leave_to_rank_zero("igrad_custom_policies")) return 0;
   torch::set_num_threads(2);
   torch::manual_seed(0);
   const auto work = std::filesystem::temp_directory_path() / "igrad_custom_policies";

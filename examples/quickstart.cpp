@@ -4,10 +4,13 @@
 // enough for the maps to follow the clothes.
 #include <igrad/igrad.hpp>
 
+#include "single_process.hpp"
+
 #include <cmath>
 
 int main() try {
   igrad::tune_allocator();  // keep freed memory in the process: steady step times
+  if (leave_to_rank_zero("igrad_quickstart")) return 0;  // one process, even under torchrun
   torch::set_num_threads(2);
   torch::manual_seed(0);
 
