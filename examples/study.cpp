@@ -756,12 +756,13 @@ void write_report(const Config& c, const fs::path& dir, const std::vector<RunRes
 // ---------------------------------------------------------------------------------------------
 // The study
 
-/// This process's part of a study launched on several processes: rank r of W takes the runs
-/// whose index in each phase is r modulo W (a world of one takes them all).
-struct Share {
-  int64_t rank = 0, world = 1;
-  bool takes(size_t index) const { return static_cast<int64_t>(index) % world == rank; }
-};
+using igrad::distributed::LaunchEnvironment;
+
+/// Whether this process trains run `index` of a phase: rank r of W takes the runs whose index is
+/// r modulo W (a world of one takes them all).
+bool takes(const LaunchEnvironment& launch, size_t index) {
+  return static_cast<int64_t>(index) % launch.world_size == launch.rank;
+}
 
 bool finished_run(const Config& c, const RunSpec& spec, const fs::path& dir) {
   return fs::exists(dir / "runs" / spec.id(c) / "summary.txt");
@@ -770,11 +771,11 @@ bool finished_run(const Config& c, const RunSpec& spec, const fs::path& dir) {
 /// Runs this process's share of `specs` that have not finished; returns false when --max-runs
 /// stopped it.
 bool run_all(const Config& c, Data& data, const std::vector<igrad::Explainer>& explainers,
-             const std::vector<RunSpec>& specs, const Share& share, const fs::path& dir,
-             int64_t& runs_done, const std::function<void()>& after_each) {
+             const std::vector<RunSpec>& specs, const LaunchEnvironment& launch,
+             const fs::path& dir, int64_t& runs_done, const std::function<void()>& after_each) {
   for (size_t i = 0; i < specs.size(); ++i) {
     const auto& spec = specs[i];
-    if (!share.takes(i) || finished_run(c, spec, dir)) continue;
+    if (!takes(launch, i) || finished_run(c, spec, dir)) continue;
     if (c.max_runs > 0 && runs_done >= c.max_runs) return false;
     run_one(c, data, explainers, spec, dir);
     ++runs_done;
@@ -786,8 +787,8 @@ bool run_all(const Config& c, Data& data, const std::vector<igrad::Explainer>& e
 /// Waits until every run of `specs` has finished (the other ranks' share). A rank that fails
 /// makes the launcher stop the others (torchrun, `srun --kill-on-bad-exit`, local.sh), so no
 /// timeout here: a run may take hours.
-void wait_for_runs(const Config& c, const std::vector<RunSpec>& specs, const Share& share,
-                   const fs::path& dir, std::string_view what) {
+void wait_for_runs(const Config& c, const std::vector<RunSpec>& specs,
+                   const LaunchEnvironment& launch, const fs::path& dir, std::string_view what) {
   auto last_message = std::chrono::steady_clock::now() - std::chrono::hours(1);
   for (;;) {
     std::vector<std::string> missing;
@@ -795,7 +796,7 @@ void wait_for_runs(const Config& c, const std::vector<RunSpec>& specs, const Sha
       if (!finished_run(c, spec, dir)) missing.push_back(spec.id(c));
     if (missing.empty()) return;
     if (std::chrono::steady_clock::now() - last_message > std::chrono::minutes(10)) {
-      fmt::print("rank {}: waiting for {} of the other ranks: {}\n", share.rank, what,
+      fmt::print("rank {}: waiting for {} of the other ranks: {}\n", launch.rank, what,
                  fmt::join(missing, ", "));
       std::fflush(stdout);
       last_message = std::chrono::steady_clock::now();
@@ -855,12 +856,11 @@ int main(int argc, char** argv) {
     const auto grid_error = error_class_name(c.grid_error);
     std::vector<std::string> others;
     for (const auto& e : c.other_errors) others.push_back(error_class_name(e));
-    const auto launch = igrad::distributed::LaunchEnvironment::from_environment();
-    const Share share{launch.rank, launch.world_size};
+    const auto launch = LaunchEnvironment::from_environment();
     const fs::path dir = fs::absolute(c.output);
     fs::create_directories(dir / "runs");
-    if (share.rank > 0 && c.report_only) return 0;  // rank 0 writes it
-    if (!c.report_only && share.rank == 0) {
+    if (launch.rank > 0 && c.report_only) return 0;  // rank 0 writes it
+    if (!c.report_only && launch.rank == 0) {
       std::ofstream command(dir / "command.txt");
       std::vector<std::string> args(argv, argv + argc);
       command << fmt::format("{}\n", fmt::join(args, " "));
@@ -889,43 +889,43 @@ int main(int argc, char** argv) {
 
     fmt::print("data: {} training, {} test images; settings: {}\n", data.train.count(),
                data.test.count(), settings_fingerprint(c));
-    if (share.world > 1)
-      fmt::print("rank {} of {} ({}): runs {} modulo {} of each phase\n", share.rank, share.world,
-                 launch.launcher, share.rank, share.world);
+    if (launch.world_size > 1)
+      fmt::print("rank {} of {} ({}): runs {} modulo {} of each phase\n", launch.rank,
+                 launch.world_size, launch.launcher, launch.rank, launch.world_size);
     // Only rank 0 writes the report, so that no two processes write the same files.
     const std::function<void()> after_each = [&] {
-      if (share.rank == 0) report();
+      if (launch.rank == 0) report();
     };
     int64_t runs_done = 0;
     std::vector<RunSpec> phase1;
     for (double l : c.lambdas)
       for (auto seed : c.seeds) phase1.push_back({l == 0 ? "none" : grid_error, l, seed});
-    bool finished = run_all(c, data, explainers, phase1, share, dir, runs_done, after_each);
+    bool finished = run_all(c, data, explainers, phase1, launch, dir, runs_done, after_each);
     if (finished) {
-      if (share.world > 1) wait_for_runs(c, phase1, share, dir, "phase-1 runs");
+      if (launch.world_size > 1) wait_for_runs(c, phase1, launch, dir, "phase-1 runs");
       phase1_complete = true;
       if (!best) {
         // Every rank reads the same finished runs, so every rank chooses the same λ.
         best = choose_lambda(c, compare(c, read_runs(c, dir)));
         igrad::detail::require<igrad::Error>(best.has_value(), "no λ > 0 in the grid to choose from");
-        if (share.rank == 0) std::ofstream(dir / "best_lambda.txt") << fmt::format("{}\n", *best);
+        if (launch.rank == 0) std::ofstream(dir / "best_lambda.txt") << fmt::format("{}\n", *best);
         fmt::print("phase 2: the other error functions at lambda {}\n", *best);
       }
       std::vector<RunSpec> phase2;
       for (const auto& e : others)
         if (e != grid_error)
           for (auto seed : c.seeds) phase2.push_back({e, *best, seed});
-      finished = run_all(c, data, explainers, phase2, share, dir, runs_done, after_each);
-      if (finished && share.world > 1) {
-        if (share.rank > 0) {
-          fmt::print("rank {}: its runs are finished; rank 0 writes the report\n", share.rank);
+      finished = run_all(c, data, explainers, phase2, launch, dir, runs_done, after_each);
+      if (finished && launch.world_size > 1) {
+        if (launch.rank > 0) {
+          fmt::print("rank {}: its runs are finished; rank 0 writes the report\n", launch.rank);
           return 0;
         }
-        wait_for_runs(c, phase2, share, dir, "phase-2 runs");
+        wait_for_runs(c, phase2, launch, dir, "phase-2 runs");
       }
     }
-    if (share.rank > 0) {
-      fmt::print("rank {}: stopped by --max-runs (rerun to continue)\n", share.rank);
+    if (launch.rank > 0) {
+      fmt::print("rank {}: stopped by --max-runs (rerun to continue)\n", launch.rank);
       return 0;
     }
     report();
