@@ -13,6 +13,7 @@
 // 127.0.0.1 (Gloo, igrad::distributed::DataParallel), each process a child of this one; prints
 // the share of the step spent averaging gradients and `scaling <model> <efficiency>` with
 // efficiency = (throughput of N ranks / throughput of 1) / N.
+#include <igrad/distributed.hpp>
 #include <igrad/igrad.hpp>
 #include <igrad/models.hpp>
 

@@ -14,6 +14,7 @@
 //     indistinguishable; CSV files and PNG figures.
 //
 // Every training run checkpoints each epoch; --resume continues stopped runs to the same result.
+#include <igrad/distributed.hpp>
 #include <igrad/igrad.hpp>
 
 #include <CLI/CLI.hpp>

@@ -18,6 +18,7 @@
 // of W trains the runs of each phase whose index is r modulo W, into the same study folder. The
 // ranks need no collective, only that folder: between the phases each rank waits until every
 // phase-1 run has finished, and rank 0 alone writes the report, once every run has finished.
+#include <igrad/distributed.hpp>
 #include <igrad/igrad.hpp>
 #include <igrad/stats.hpp>
 #include <igrad/study.hpp>

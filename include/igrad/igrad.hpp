@@ -1,6 +1,12 @@
 #pragma once
 /// @file igrad.hpp
-/// @brief The umbrella header: everything igrad offers.
+/// @brief The umbrella header: everything igrad offers but scale-out and the TorchScript loader.
+///
+/// As LibTorch's own <torch/torch.h> leaves out c10d and <torch/script.h>, this header leaves out
+/// the two parts of igrad built on them, which cost every translation unit that includes it about
+/// a tenth of LibTorch's compile time and are needed by few: include <igrad/distributed.hpp>
+/// (process groups, `DataParallel`, sharded evaluation) and <igrad/models/torchscript.hpp>
+/// (`load_torchscript`, `from_torchscript`) where you use them.
 ///
 /// igrad trains convolutional networks whose input gradients explain better (Torres Figueroa et
 /// al., "A Learning Paradigm for Interpretable Gradients", VISAPP 2024), explains them with the
@@ -19,7 +25,6 @@
 #include <igrad/callbacks/progress_bar.hpp>
 #include <igrad/cam.hpp>
 #include <igrad/data.hpp>
-#include <igrad/distributed.hpp>
 #include <igrad/errors/error_functions.hpp>
 #include <igrad/exceptions.hpp>
 #include <igrad/metrics.hpp>

@@ -6,6 +6,7 @@
 #include "test_support.hpp"
 
 #include <doctest/doctest.h>
+#include <igrad/distributed.hpp>
 #include <igrad/igrad.hpp>
 #include <torch/torch.h>
 

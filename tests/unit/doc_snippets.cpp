@@ -4,6 +4,7 @@
 // what the documentation says it gives.
 #include "test_support.hpp"
 
+#include <igrad/distributed.hpp>
 #include <igrad/testing/conformance.hpp>
 
 #include <boost/hana.hpp>

@@ -3,6 +3,7 @@
 #include "test_support.hpp"
 
 #include <igrad/models.hpp>
+#include <igrad/models/torchscript.hpp>
 
 #include <torch/script.h>
 
