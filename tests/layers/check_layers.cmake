@@ -2,6 +2,8 @@
 # `#include <igrad/...>` of a header under include/igrad names a header of the same or a lower
 # layer, detail/ includes nothing above the basics, and cam/ and saliency/ do not include each
 # other. Run as `cmake -DINCLUDE_DIR=<repo>/include -P check_layers.cmake`; reads files only.
+cmake_minimum_required(VERSION 3.25)
+include(${CMAKE_CURRENT_LIST_DIR}/header_includes.cmake)
 
 # The layer of a header, by its path below include/ ("igrad/cam/explain.hpp"), as in the table of
 # docs/architecture.md; -1 for a header the table does not place.
@@ -51,9 +53,9 @@ foreach(header IN LISTS headers)
                            "tests/layers/check_layers.cmake")
     continue()
   endif()
-  file(STRINGS ${INCLUDE_DIR}/${header} lines REGEX "^[ \t]*#[ \t]*include[ \t]*<igrad/")
-  foreach(line IN LISTS lines)
-    string(REGEX REPLACE "^[ \t]*#[ \t]*include[ \t]*<([^>]+)>.*$" "\\1" included "${line}")
+  igrad_header_includes(${header} ${INCLUDE_DIR} includes)
+  list(FILTER includes INCLUDE REGEX "^igrad/")
+  foreach(included IN LISTS includes)
     igrad_layer(${included} included_layer included_group)
     if(included_layer GREATER layer)
       string(APPEND problems "\n  ${header} (layer ${layer}) includes ${included} (layer "
