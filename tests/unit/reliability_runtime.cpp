@@ -6,6 +6,7 @@
 #include <igrad/allocator.hpp>
 #include <igrad/cam.hpp>
 #include <igrad/saliency.hpp>
+#include <igrad/testing/backend.hpp>
 #include <igrad/trainer.hpp>
 
 #include <algorithm>
@@ -458,4 +459,15 @@ TEST_CASE("runtime: after tune_allocator a freed 64 MiB tensor is reused without
   }
   CAPTURE(faults);
   CHECK(faults < pages / 4);
+}
+
+TEST_CASE("backend: under the suite's settings a batch's convolution input gradients are its images' own") {
+  // main() turns LibTorch's oneDNN convolutions off where they fail this (testing/backend.hpp).
+  CHECK(igrad::testing::convolution_gradient_batch_error() < 1e-5);
+  // The check leaves the global random state alone.
+  torch::manual_seed(3);
+  const auto expected = torch::rand({4});
+  torch::manual_seed(3);
+  (void)igrad::testing::convolution_gradient_batch_error();
+  CHECK(torch::equal(torch::rand({4}), expected));
 }
