@@ -8,6 +8,7 @@
 #include <torch/script.h>
 
 #include <filesystem>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -129,6 +130,21 @@ TEST_CASE("MobileNet-V2 (CIFAR): shapes, split, 35 ReLU6 sites, a Trainer step")
   const auto [first, last] =
       train_steps(small, torch::randn({4, 3, 16, 16}), torch::tensor({0, 1, 2, 1}), 6, 1e-3);
   CHECK(last < 0.5 * first);
+}
+
+TEST_CASE("the zoo's modules keep their class names (printing, named_modules)") {
+  // The classes are aliases of class templates (igrad::models::deferred); LibTorch would name
+  // them after the template specialisation.
+  CHECK(SmallCNN()->name() == "igrad::models::SmallCNNImpl");
+  ResNet18 resnet(igrad::models::ResNet18Options().base_width(1));
+  CHECK(resnet->name() == "igrad::models::ResNet18Impl");
+  CHECK(count_modules_named(*resnet, "igrad::models::BasicBlockImpl") == 8);
+  MobileNetV2 mobilenet;
+  CHECK(mobilenet->name() == "igrad::models::MobileNetV2Impl");
+  CHECK(count_modules_named(*mobilenet, "igrad::models::InvertedResidualImpl") == 17);
+  std::ostringstream printed;
+  printed << *SmallCNN();
+  CHECK(printed.str().rfind("igrad::models::SmallCNNImpl(", 0) == 0);
 }
 
 TEST_CASE("adapters: a Sequential split at an index, and a pair of callables") {

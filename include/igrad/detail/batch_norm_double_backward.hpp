@@ -129,9 +129,10 @@ class BatchNormInputGradientHook final : public torch::autograd::FunctionPostHoo
 
 /// RAII: for one differentiable backward call (`create_graph`), gives every training-mode batch
 /// norm in the graph behind `roots` the cheaper second-order path; removes the hooks after.
-class ScopedBatchNormDoubleBackward {
+template <class Instantiation = void>
+class BasicScopedBatchNormDoubleBackward {
  public:
-  explicit ScopedBatchNormDoubleBackward(const std::vector<torch::Tensor>& roots) {
+  explicit BasicScopedBatchNormDoubleBackward(const std::vector<torch::Tensor>& roots) {
     visit_graph(roots, [&](torch::autograd::Node* node) {
       hook_if<torch::autograd::generated::NativeBatchNormBackward0>(node);
       hook_if<torch::autograd::generated::CudnnBatchNormBackward0>(node);
@@ -173,6 +174,10 @@ class ScopedBatchNormDoubleBackward {
   ScopedPostHooks hooks_;
   std::vector<torch::Tensor> affine_parameters_;
 };
+/// `BasicScopedBatchNormDoubleBackward<>`: a template only so that its hooks (and the autograd
+/// Functions they apply) are instantiated where a regularised loss is, not in every file that
+/// includes igrad.
+using ScopedBatchNormDoubleBackward = BasicScopedBatchNormDoubleBackward<>;
 
 /// Autograd function `(g, mask source) ↦ dx` for a ReLU's first-order backward
 /// `dx = g · [result > 0]`: the value is LibTorch's, the derivative goes to `g` alone.
@@ -256,9 +261,10 @@ class PiecewiseLinearInputGradientHook final : public torch::autograd::FunctionP
 
 /// RAII: for one differentiable backward call (`create_graph`), gives every ReLU and 2-D max-pool
 /// in the graph behind `roots` the leaner second-order path; removes the hooks after.
-class ScopedPiecewiseLinearDoubleBackward {
+template <class Instantiation = void>
+class BasicScopedPiecewiseLinearDoubleBackward {
  public:
-  explicit ScopedPiecewiseLinearDoubleBackward(const std::vector<torch::Tensor>& roots) {
+  explicit BasicScopedPiecewiseLinearDoubleBackward(const std::vector<torch::Tensor>& roots) {
     visit_graph(roots, [&](torch::autograd::Node* node) {
       hook_if<torch::autograd::generated::ReluBackward0>(node);
       hook_if<torch::autograd::generated::MaxPool2DWithIndicesBackward0>(node);
@@ -278,6 +284,8 @@ class ScopedPiecewiseLinearDoubleBackward {
 
   ScopedPostHooks hooks_;
 };
+/// `BasicScopedPiecewiseLinearDoubleBackward<>` (a template for the reason above).
+using ScopedPiecewiseLinearDoubleBackward = BasicScopedPiecewiseLinearDoubleBackward<>;
 
 }  // namespace igrad::detail
 

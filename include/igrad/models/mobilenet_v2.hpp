@@ -26,14 +26,18 @@ struct MobileNetV2Options {
   TORCH_ARG(double, dropout) = 0.2;
 };
 
+namespace deferred {  // see small_cnn.hpp
+
 /// @brief MobileNet-V2's inverted residual: [1×1 expansion → BN → ReLU6] (when the expansion
 /// factor t > 1) → depthwise 3×3 (stride) → BN → ReLU6 → 1×1 linear projection → BN, plus the
 /// input when the stride is 1 and the widths agree. Rectifier sites: 2 (1 when t = 1).
+template <class Instantiation = void>
 class InvertedResidualImpl : public torch::nn::Module {
  public:
   /// @brief A block from `in` to `out` channels with expansion factor `expansion` and `stride`.
   InvertedResidualImpl(int64_t in, int64_t out, int64_t stride, int64_t expansion)
-      : residual_(stride == 1 && in == out) {
+      : torch::nn::Module("igrad::models::InvertedResidualImpl"),
+        residual_(stride == 1 && in == out) {
     const int64_t hidden = in * expansion;
     if (expansion != 1) {
       body->push_back(torch::nn::Conv2d(torch::nn::Conv2dOptions(in, hidden, 1).bias(false)));
@@ -61,8 +65,14 @@ class InvertedResidualImpl : public torch::nn::Module {
  private:
   bool residual_;
 };
+}  // namespace deferred
+
+/// `InvertedResidualImpl`: see `deferred::InvertedResidualImpl`.
+using InvertedResidualImpl = deferred::InvertedResidualImpl<>;
 /// @brief Module holder of `InvertedResidualImpl`.
 TORCH_MODULE(InvertedResidual);
+
+namespace deferred {  // see small_cnn.hpp
 
 /// @brief MobileNet-V2 for 32×32 inputs (the CIFAR variant): stem conv3×3 32 with stride 1 →
 /// BN → ReLU6; 17 inverted residual blocks with (t, c, n, s) = (1,16,1,1), (6,24,2,1),
@@ -71,6 +81,7 @@ TORCH_MODULE(InvertedResidual);
 /// → BN → ReLU6 = features (1280×4×4 for a 32×32 input); head = global average pooling → dropout
 /// → Linear(1280, K).
 /// Rectifier sites (all ReLU6): stem 1 + first block 1 + 16 blocks × 2 + last conv 1 = 35.
+template <class Instantiation = void>
 class MobileNetV2Impl : public torch::nn::Module {
  public:
   /// The block configuration (expansion t, width c, repeats n, first stride s).
@@ -85,7 +96,8 @@ class MobileNetV2Impl : public torch::nn::Module {
   static constexpr int64_t kFeatureChannels = 1280;
 
   /// @brief Builds the network.
-  explicit MobileNetV2Impl(const MobileNetV2Options& options = {}) : options_(options) {
+  explicit MobileNetV2Impl(const MobileNetV2Options& options = {})
+      : torch::nn::Module("igrad::models::MobileNetV2Impl"), options_(options) {
     detail::require(options.classes() >= 1 && options.in_channels() >= 1,
                     "MobileNetV2Options has classes {}, in_channels {}; expected both >= 1",
                     options.classes(), options.in_channels());
@@ -128,6 +140,10 @@ class MobileNetV2Impl : public torch::nn::Module {
  private:
   MobileNetV2Options options_;
 };
+}  // namespace deferred
+
+/// `MobileNetV2Impl`: see `deferred::MobileNetV2Impl`.
+using MobileNetV2Impl = deferred::MobileNetV2Impl<>;
 /// @brief Module holder of `MobileNetV2Impl`.
 TORCH_MODULE(MobileNetV2);
 

@@ -28,12 +28,16 @@ struct ResNet18Options {
   TORCH_ARG(int64_t, base_width) = 64;
 };
 
+namespace deferred {  // see small_cnn.hpp
+
 /// @brief The residual block of ResNet-18/34: conv3×3 → BN → ReLU → conv3×3 → BN, plus the
 /// shortcut (identity, or 1×1 conv → BN when the shape changes), then ReLU. Two rectifier sites.
+template <class Instantiation = void>
 class BasicBlockImpl : public torch::nn::Module {
  public:
   /// @brief A block from `in` to `out` channels whose first convolution has `stride`.
-  BasicBlockImpl(int64_t in, int64_t out, int64_t stride) {
+  BasicBlockImpl(int64_t in, int64_t out, int64_t stride)
+      : torch::nn::Module("igrad::models::BasicBlockImpl") {
     conv1 = register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3)
                                                            .stride(stride).padding(1).bias(false)));
     bn1 = register_module("bn1", torch::nn::BatchNorm2d(out));
@@ -60,18 +64,26 @@ class BasicBlockImpl : public torch::nn::Module {
   torch::nn::BatchNorm2d bn2{nullptr};    ///< the second convolution's batch norm
   torch::nn::Sequential shortcut{nullptr};                  ///< projection, when needed
 };
+}  // namespace deferred
+
+/// `BasicBlockImpl`: see `deferred::BasicBlockImpl`.
+using BasicBlockImpl = deferred::BasicBlockImpl<>;
 /// @brief Module holder of `BasicBlockImpl`.
 TORCH_MODULE(BasicBlock);
+
+namespace deferred {  // see small_cnn.hpp
 
 /// @brief ResNet-18 for 32×32 inputs (the CIFAR variant): a 3×3 stride-1 stem (conv → BN →
 /// ReLU) without max-pool, four stages of two `BasicBlock`s of widths 64, 128, 256, 512 (stages
 /// 2–4 halve the resolution), features = layer4's output after its last ReLU (512×4×4 for a
 /// 32×32 input), head = global average pooling → Linear(512, K).
 /// 17 rectifier sites: the stem's and two per block.
+template <class Instantiation = void>
 class ResNet18Impl : public torch::nn::Module {
  public:
   /// @brief Builds the network.
-  explicit ResNet18Impl(const ResNet18Options& options = {}) : options_(options) {
+  explicit ResNet18Impl(const ResNet18Options& options = {})
+      : torch::nn::Module("igrad::models::ResNet18Impl"), options_(options) {
     detail::require(options.classes() >= 1 && options.in_channels() >= 1 &&
                         options.base_width() >= 1,
                     "ResNet18Options has classes {}, in_channels {}, base_width {}; expected all "
@@ -139,6 +151,10 @@ class ResNet18Impl : public torch::nn::Module {
   }
   ResNet18Options options_;
 };
+}  // namespace deferred
+
+/// `ResNet18Impl`: see `deferred::ResNet18Impl`.
+using ResNet18Impl = deferred::ResNet18Impl<>;
 /// @brief Module holder of `ResNet18Impl`.
 TORCH_MODULE(ResNet18);
 

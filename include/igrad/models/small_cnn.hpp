@@ -28,13 +28,21 @@ struct SmallCNNOptions {
   TORCH_ARG(Widths, widths) = Widths{32, 64, 128};
 };
 
+namespace deferred {
+/// Class templates behind the zoo's module classes: the template parameter only defers the
+/// instantiation of a model's constructor and forward pass (and of the LibTorch templates they
+/// use) to the files that use the model, which keeps `<igrad/igrad.hpp>` light to compile. Use
+/// the aliases in `igrad::models` (e.g. `MobileNetV2Impl`) and the module holders.
+
 /// @brief SmallCNN (SPEC §6): [conv3×3 32 → BN → ReLU → max-pool 2] → [conv3×3 64 → BN → ReLU →
 /// max-pool 2] → [conv3×3 128 → BN → ReLU] = features (128×7×7 for a 28×28 input);
 /// head = global average pooling → Linear(128, K). Three rectifier sites.
+template <class Instantiation = void>
 class SmallCNNImpl : public torch::nn::Module {
  public:
   /// @brief Builds the network.
-  explicit SmallCNNImpl(const SmallCNNOptions& options = {}) : options_(options) {
+  explicit SmallCNNImpl(const SmallCNNOptions& options = {})
+      : torch::nn::Module("igrad::models::SmallCNNImpl"), options_(options) {
     const auto& w = options.widths();
     detail::require(options.classes() >= 1 && options.in_channels() >= 1 && w[0] >= 1 &&
                         w[1] >= 1 && w[2] >= 1,
@@ -73,6 +81,10 @@ class SmallCNNImpl : public torch::nn::Module {
  private:
   SmallCNNOptions options_;
 };
+}  // namespace deferred
+
+/// `SmallCNNImpl`: see `deferred::SmallCNNImpl`.
+using SmallCNNImpl = deferred::SmallCNNImpl<>;
 /// @brief Module holder of `SmallCNNImpl` (shared ownership, `model->features(x)`).
 TORCH_MODULE(SmallCNN);
 
