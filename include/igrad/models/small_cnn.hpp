@@ -28,11 +28,11 @@ struct SmallCNNOptions {
   TORCH_ARG(Widths, widths) = Widths{32, 64, 128};
 };
 
+/// @brief Class templates behind the zoo's module classes: the template parameter only defers
+/// the instantiation of a model's constructor and forward pass (and of the LibTorch templates
+/// they use) to the files that use the model, which keeps `<igrad/igrad.hpp>` light to compile.
+/// Use the aliases in `igrad::models` (e.g. `MobileNetV2Impl`) and the module holders.
 namespace deferred {
-/// Class templates behind the zoo's module classes: the template parameter only defers the
-/// instantiation of a model's constructor and forward pass (and of the LibTorch templates they
-/// use) to the files that use the model, which keeps `<igrad/igrad.hpp>` light to compile. Use
-/// the aliases in `igrad::models` (e.g. `MobileNetV2Impl`) and the module holders.
 
 /// @brief SmallCNN (SPEC §6): [conv3×3 32 → BN → ReLU → max-pool 2] → [conv3×3 64 → BN → ReLU →
 /// max-pool 2] → [conv3×3 128 → BN → ReLU] = features (128×7×7 for a 28×28 input);
