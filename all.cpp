@@ -1,2 +1,0 @@
-#include <torch/torch.h>
-#include <igrad/igrad.hpp>
