@@ -4,9 +4,9 @@
 ///
 /// As LibTorch's own <torch/torch.h> leaves out c10d and <torch/script.h>, this header leaves out
 /// the two parts of igrad built on them, which cost every translation unit that includes it about
-/// 9 % of LibTorch's own compiler work (g++'s allocated memory) and are needed by few: include <igrad/distributed.hpp>
-/// (process groups, `DataParallel`, sharded evaluation) and <igrad/models/torchscript.hpp>
-/// (`load_torchscript`, `from_torchscript`) where you use them.
+/// 9 % of LibTorch's own compiler work (g++'s allocated memory) and are needed by few: include
+/// <igrad/distributed.hpp> (process groups, `DataParallel`, sharded evaluation) and
+/// <igrad/models/torchscript.hpp> (`load_torchscript`, `from_torchscript`) where you use them.
 ///
 /// igrad trains convolutional networks whose input gradients explain better (Torres Figueroa et
 /// al., "A Learning Paradigm for Interpretable Gradients", VISAPP 2024), explains them with the
