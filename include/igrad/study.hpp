@@ -68,9 +68,10 @@ void with_error_function(const std::string& name, F&& f) {
     }
   });
   if (!found)
-    throw InvalidArgument(fmt::format(
+    throw InvalidArgument(igrad::detail::format(
         "unknown error function '{}'; expected one of cosine, sigmoid, centered-sigmoid, "
-        "histogram, mae, mse (or the class names)", name));
+        "histogram, mae, mse (or the class names)",
+        name));
 }
 
 /// @brief The explainers of the CAM methods named `names` (class names such as `GradCam`,
@@ -98,8 +99,8 @@ std::vector<Explainer> cam_explainers_by_name(const std::vector<std::string>& na
       boost::hana::for_each(methods, [&](auto type) {
         known.emplace_back(decltype(type)::type::name);
       });
-      throw InvalidArgument(fmt::format("unknown CAM method '{}'; expected one of {}", name,
-                                        fmt::join(known, ", ")));
+      throw InvalidArgument(igrad::detail::format("unknown CAM method '{}'; expected one of {}",
+                                                  name, fmt::join(known, ", ")));
     }
   }
   return result;

@@ -8,6 +8,7 @@
 
 #include <igrad/callbacks/callback.hpp>
 #include <igrad/cam/cam_method.hpp>
+#include <igrad/concepts.hpp>
 #include <igrad/detail/batches.hpp>
 #include <igrad/detail/tensor_checks.hpp>
 #include <igrad/errors/error_functions.hpp>
@@ -25,7 +26,6 @@
 #include <functional>
 #include <memory>
 #include <optional>
-#include <ranges>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -272,7 +272,7 @@ class Trainer : public TrainerControl {
     state.epoch = first_epoch_;  // > 0 when continuing: callbacks such as CsvLogger then append
     state.trainer = this;
     // A sized range of batches tells its length before the first epoch (progress totals).
-    if constexpr (std::ranges::sized_range<decltype(detail::batches(loader))>)
+    if constexpr (detail::is_sized_range<decltype(detail::batches(loader))>)
       state.batches_per_epoch = static_cast<int64_t>(std::ranges::size(detail::batches(loader)));
     TrainingModeGuard mode(model_, true);
     std::vector<EpochLog> logs;

@@ -48,8 +48,9 @@ class CsvLogger {
   /// @brief Writes a step row.
   void on_batch_end(TrainerState& state, const StepResult& r) {
     if (!steps_.is_open()) return;
-    steps_ << fmt::format("{},{},{:.9g},{:.9g},{:.9g},{:.9g}\n", state.global_step, state.epoch,
-                          r.loss, r.classification_loss, r.regulariser_loss, r.accuracy);
+    steps_ << igrad::detail::format("{},{},{:.9g},{:.9g},{:.9g},{:.9g}\n", state.global_step,
+                                    state.epoch, r.loss, r.classification_loss, r.regulariser_loss,
+                                    r.accuracy);
   }
   /// @brief Writes an epoch row (the header with the first one).
   void on_epoch_end(TrainerState&, EpochLog& log) {
@@ -62,12 +63,14 @@ class CsvLogger {
       epochs_ << '\n';
       header_written_ = true;
     }
-    epochs_ << fmt::format("{},{:.9g},{:.9g},{:.9g},{:.9g},{:.4f}", log.epoch, log.loss,
-                           log.classification_loss, log.regulariser_loss, log.accuracy,
-                           log.seconds);
+    epochs_ << igrad::detail::format("{},{:.9g},{:.9g},{:.9g},{:.9g},{:.4f}", log.epoch, log.loss,
+                                     log.classification_loss, log.regulariser_loss, log.accuracy,
+                                     log.seconds);
     for (const auto& name : columns_) {
       const auto it = log.metrics.find(name);
-      epochs_ << ',' << (it == log.metrics.end() ? std::string() : fmt::format("{:.9g}", it->second));
+      epochs_ << ','
+              << (it == log.metrics.end() ? std::string()
+                                          : igrad::detail::format("{:.9g}", it->second));
     }
     epochs_ << '\n';
     epochs_.flush();
@@ -104,8 +107,8 @@ class CsvLogger {
       if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
       has_content = append && std::filesystem::exists(path) && std::filesystem::file_size(path) > 0;
     } catch (const std::filesystem::filesystem_error& e) {
-      throw Error(fmt::format("CsvLogger cannot write '{}': {}; expected a writable path",
-                              path.string(), e.code().message()));
+      throw Error(igrad::detail::format("CsvLogger cannot write '{}': {}; expected a writable path",
+                                        path.string(), e.code().message()));
     }
     if (out.is_open()) out.close();  // the same logger in a second fit
     out.clear();

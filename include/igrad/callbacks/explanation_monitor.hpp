@@ -5,6 +5,7 @@
 
 #include <igrad/callbacks/callback.hpp>
 #include <igrad/cam/explain.hpp>
+#include <igrad/exceptions.hpp>
 #include <igrad/metrics/faithfulness.hpp>
 #include <igrad/trainer.hpp>
 
@@ -138,7 +139,7 @@ class ExplanationMonitor {
 
  private:
   std::string owner_name() const {
-    return owner_.empty() ? fmt::format("ExplanationMonitor<{}>", C::name) : owner_;
+    return owner_.empty() ? igrad::detail::format("ExplanationMonitor<{}>", C::name) : owner_;
   }
 
   torch::Tensor inputs_, targets_;

@@ -5,6 +5,7 @@
 
 #include <igrad/callbacks/callback.hpp>
 #include <igrad/detail/progress_line.hpp>
+#include <igrad/exceptions.hpp>
 
 #include <fmt/format.h>
 
@@ -66,17 +67,18 @@ class ProgressBar {
   /// @brief Prints the epoch summary, with the time the run still needs.
   void on_epoch_end(TrainerState& state, EpochLog& log) {
     std::string extra;
-    for (const auto& [name, value] : log.metrics) extra += fmt::format(" {}={:.4g}", name, value);
+    for (const auto& [name, value] : log.metrics)
+      extra += igrad::detail::format(" {}={:.4g}", name, value);
     ++epochs_run_;
     epoch_seconds_ += log.seconds;
     const int64_t left = state.epochs - (state.epoch + 1);
     const std::string timing =
-        left > 0 ? fmt::format(", ETA {}", duration(epoch_seconds_ / epochs_run_ * left))
-                 : fmt::format(", {} in all", duration(epoch_seconds_));
-    line_.print_line(fmt::format("epoch {}/{}: L={:.4f} L_C={:.4f} L_R={:.4f} acc={:.2f}% ({:.1f} s{}){}",
-                                 state.epoch + 1, state.epochs, log.loss,
-                                 log.classification_loss, log.regulariser_loss,
-                                 100 * log.accuracy, log.seconds, timing, extra));
+        left > 0 ? igrad::detail::format(", ETA {}", duration(epoch_seconds_ / epochs_run_ * left))
+                 : igrad::detail::format(", {} in all", duration(epoch_seconds_));
+    line_.print_line(igrad::detail::format(
+        "epoch {}/{}: L={:.4f} L_C={:.4f} L_R={:.4f} acc={:.2f}% ({:.1f} s{}){}", state.epoch + 1,
+        state.epochs, log.loss, log.classification_loss, log.regulariser_loss, 100 * log.accuracy,
+        log.seconds, timing, extra));
   }
 
   /// @brief `seconds` as "42 s", "3 min 05 s" or "2 h 07 min".
@@ -90,13 +92,15 @@ class ProgressBar {
     std::string eta;
     if (total_ && *total_ > 0) {
       if (state.batch > 0)
-        eta = fmt::format(" ETA {}", duration(elapsed / static_cast<double>(state.batch) *
-                                               static_cast<double>(*total_ - state.batch)));
+        eta =
+            igrad::detail::format(" ETA {}", duration(elapsed / static_cast<double>(state.batch) *
+                                                      static_cast<double>(*total_ - state.batch)));
     }
-    return fmt::format("epoch {}/{} {}{}{} L={:.4f} L_C={:.4f} L_R={:.4f} acc={:.1f}%{}",
-                       state.epoch + 1, state.epochs, bar, state.batch,
-                       total_ ? fmt::format("/{}", *total_) : std::string(), sum_l_ / seen_,
-                       sum_lc_ / seen_, sum_lr_ / seen_, 100 * sum_acc_ / seen_, eta);
+    return igrad::detail::format("epoch {}/{} {}{}{} L={:.4f} L_C={:.4f} L_R={:.4f} acc={:.1f}%{}",
+                                 state.epoch + 1, state.epochs, bar, state.batch,
+                                 total_ ? igrad::detail::format("/{}", *total_) : std::string(),
+                                 sum_l_ / seen_, sum_lc_ / seen_, sum_lr_ / seen_,
+                                 100 * sum_acc_ / seen_, eta);
   }
 
   detail::ProgressLine line_;

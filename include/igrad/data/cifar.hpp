@@ -148,7 +148,8 @@ class Cifar10 : public ImageDataset {
         "data_batch_1.bin … data_batch_5.bin and test_batch.bin");
     std::vector<std::filesystem::path> files;
     if (options.split() == Split::train) {
-      for (int i = 1; i <= 5; ++i) files.push_back(dir / fmt::format("data_batch_{}.bin", i));
+      for (int i = 1; i <= 5; ++i)
+        files.push_back(dir / igrad::detail::format("data_batch_{}.bin", i));
     } else {
       files.push_back(dir / "test_batch.bin");
     }

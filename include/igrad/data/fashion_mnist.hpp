@@ -79,10 +79,11 @@ class FashionMnist : public ImageDataset {
     if (std::filesystem::exists(gz)) return gz;
     const auto plain = directory / name;
     if (std::filesystem::exists(plain)) return plain;
-    throw DataError(fmt::format("Fashion-MNIST file '{}' is missing; expected '{}' (or '{}') in "
-                                "the directory given, as installed by Debian's package "
-                                "dataset-fashion-mnist",
-                                gz.string(), gz.filename().string(), name));
+    throw DataError(
+        igrad::detail::format("Fashion-MNIST file '{}' is missing; expected '{}' (or '{}') in "
+                              "the directory given, as installed by Debian's package "
+                              "dataset-fashion-mnist",
+                              gz.string(), gz.filename().string(), name));
   }
 
   static Loaded load(const FashionMnistOptions& options) {

@@ -114,13 +114,14 @@ inline torch::Tensor read_idx_file(const std::filesystem::path& path, int64_t ex
       payload = payload > too_many / size ? too_many : payload * size;
   }
   if (empty) payload = 0;
-  detail::require<DataError>(available == payload,
-                             "IDX file '{}' holds {} data bytes but its header announces {} "
-                             "(shape {}); the file is {}",
-                             path.string(), available,
-                             payload >= too_many ? fmt::format("more") : fmt::format("{}", payload),
-                             fmt::format("[{}]", fmt::join(shape, ", ")),
-                             available < payload ? "truncated" : "too long");
+  detail::require<DataError>(
+      available == payload,
+      "IDX file '{}' holds {} data bytes but its header announces {} "
+      "(shape {}); the file is {}",
+      path.string(), available,
+      payload >= too_many ? igrad::detail::format("more") : igrad::detail::format("{}", payload),
+      igrad::detail::format("[{}]", fmt::join(shape, ", ")),
+      available < payload ? "truncated" : "too long");
   auto tensor = torch::empty(shape, torch::kUInt8);
   // An empty tensor's data pointer may be null, which memcpy must not get even for 0 bytes.
   if (payload > 0) std::memcpy(tensor.data_ptr<std::uint8_t>(), bytes.data() + header, payload);

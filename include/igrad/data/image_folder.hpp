@@ -70,8 +70,9 @@ inline torch::Tensor read_image(const std::filesystem::path& path, int64_t heigh
       stbi_load(path.c_str(), &w, &h, &in_file, static_cast<int>(channels)), stbi_image_free);
   if (!pixels) {
     const char* reason = stbi_failure_reason();
-    throw DataError(fmt::format("cannot read the image '{}': {}; expected a PNG or JPEG file",
-                                path.string(), reason ? reason : "unknown error"));
+    throw DataError(
+        igrad::detail::format("cannot read the image '{}': {}; expected a PNG or JPEG file",
+                              path.string(), reason ? reason : "unknown error"));
   }
   auto out = torch::empty({height, width, channels}, torch::kUInt8);
   if (h == height && w == width) {
@@ -79,8 +80,8 @@ inline torch::Tensor read_image(const std::filesystem::path& path, int64_t heigh
   } else if (stbir_resize_uint8(pixels.get(), w, h, 0, out.data_ptr<uint8_t>(),
                                 static_cast<int>(width), static_cast<int>(height), 0,
                                 static_cast<int>(channels)) == 0) {
-    throw DataError(fmt::format("cannot resize the image '{}' ({}x{}) to {}x{}", path.string(),
-                                w, h, width, height));
+    throw DataError(igrad::detail::format("cannot resize the image '{}' ({}x{}) to {}x{}",
+                                          path.string(), w, h, width, height));
   }
   return out.permute({2, 0, 1}).contiguous();
 }
@@ -138,7 +139,7 @@ class ImageFolder : public torch::data::datasets::Dataset<ImageFolder> {
       for (const auto& file : files) {
         if (const auto problem = check(file)) {
           if (!options_.skip_broken()) throw DataError(*problem);
-          std::fputs(fmt::format("ImageFolder: skipping {}\n", *problem).c_str(), stderr);
+          std::fputs(igrad::detail::format("ImageFolder: skipping {}\n", *problem).c_str(), stderr);
           skipped_.push_back(file);
           continue;
         }
@@ -210,8 +211,8 @@ class ImageFolder : public torch::data::datasets::Dataset<ImageFolder> {
     int w = 0, h = 0, c = 0;
     if (stbi_info(file.c_str(), &w, &h, &c) == 0) {
       const char* reason = stbi_failure_reason();
-      return fmt::format("'{}' is not a readable image ({}); expected a PNG or JPEG file",
-                         file.string(), reason ? reason : "unknown format");
+      return igrad::detail::format("'{}' is not a readable image ({}); expected a PNG or JPEG file",
+                                   file.string(), reason ? reason : "unknown format");
     }
     return std::nullopt;
   }

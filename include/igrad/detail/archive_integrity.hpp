@@ -59,9 +59,10 @@ inline std::uint32_t crc_update(std::uint32_t crc, std::string_view text) {
 inline void require_within_storage(const torch::Tensor& t, std::string_view name,
                                    std::string_view what, const std::filesystem::path& path) {
   const auto corrupt = [&](std::string_view why) {
-    return DataError(fmt::format("{} '{}' is corrupt: stored tensor '{}' {}; nothing was loaded "
-                                 "— use another copy of the file",
-                                 what, path.string(), name, why));
+    return DataError(
+        igrad::detail::format("{} '{}' is corrupt: stored tensor '{}' {}; nothing was loaded "
+                              "— use another copy of the file",
+                              what, path.string(), name, why));
   };
   if (t.layout() != torch::kStrided || !t.has_storage()) throw corrupt("is not a dense tensor");
   if (t.numel() == 0) return;
@@ -73,8 +74,8 @@ inline void require_within_storage(const torch::Tensor& t, std::string_view name
   }
   const auto elements = static_cast<int64_t>(t.storage().nbytes()) / t.element_size();
   if (last >= elements)
-    throw corrupt(fmt::format("reaches element {} of a storage of {} (shape {})", last, elements,
-                              shape_string(t)));
+    throw corrupt(igrad::detail::format("reaches element {} of a storage of {} (shape {})", last,
+                                        elements, shape_string(t)));
 }
 
 /// CRC-32 of everything `archive` stores, nested archives included, in sorted key order:
@@ -171,7 +172,8 @@ inline void save_archive_atomically(torch::serialize::OutputArchive& archive,
   } catch (const std::exception& e) {
     std::error_code ignored;
     std::filesystem::remove(temporary, ignored);
-    throw Error(fmt::format("cannot write {} '{}': {}", what, path.string(), first_line(e.what())));
+    throw Error(igrad::detail::format("cannot write {} '{}': {}", what, path.string(),
+                                      first_line(e.what())));
   }
 }
 
@@ -184,15 +186,17 @@ inline void save_archive_atomically(torch::serialize::OutputArchive& archive,
 inline void verify_zip_container(const std::vector<char>& file, const std::filesystem::path& path,
                                  std::string_view what) {
   const auto corrupt = [&](const std::string& why) {
-    return DataError(fmt::format("{} '{}' is corrupt: {}; nothing was loaded — use another copy "
-                                 "of the file",
-                                 what, path.string(), why));
+    return DataError(
+        igrad::detail::format("{} '{}' is corrupt: {}; nothing was loaded — use another copy "
+                              "of the file",
+                              what, path.string(), why));
   };
   const auto* bytes = reinterpret_cast<const std::uint8_t*>(file.data());
   const std::uint64_t size = file.size();
   const auto le = [&](std::uint64_t at, int width) {  // little-endian, bounds-checked
     if (at > size || size - at < static_cast<std::uint64_t>(width))
-      throw corrupt(fmt::format("a zip record at byte {} runs past the end of the file", at));
+      throw corrupt(
+          igrad::detail::format("a zip record at byte {} runs past the end of the file", at));
     std::uint64_t value = 0;
     for (int i = width - 1; i >= 0; --i) value = (value << 8) | bytes[at + i];
     return value;
@@ -221,14 +225,16 @@ inline void verify_zip_container(const std::vector<char>& file, const std::files
   std::vector<std::uint8_t> inflated;
   std::uint64_t at = directory;
   for (std::uint64_t entry = 0; entry < entries; ++entry) {
-    if (le(at, 4) != 0x02014b50) throw corrupt(fmt::format("zip entry {} is malformed", entry));
+    if (le(at, 4) != 0x02014b50)
+      throw corrupt(igrad::detail::format("zip entry {} is malformed", entry));
     const auto method = le(at + 10, 2);
     const auto stored_crc = static_cast<std::uint32_t>(le(at + 16, 4));
     std::uint64_t packed = le(at + 20, 4), unpacked = le(at + 24, 4);
     const auto name_length = le(at + 28, 2), extra_length = le(at + 30, 2),
                comment_length = le(at + 32, 2);
     std::uint64_t local = le(at + 42, 4);
-    if (at + 46 + name_length > size) throw corrupt(fmt::format("zip entry {} is cut", entry));
+    if (at + 46 + name_length > size)
+      throw corrupt(igrad::detail::format("zip entry {} is cut", entry));
     const std::string name(reinterpret_cast<const char*>(bytes + at + 46), name_length);
     // zip64 extra field (id 1): 8-byte values for the fields saturated at 0xffffffff, in order.
     for (std::uint64_t x = at + 46 + name_length; x + 4 <= at + 46 + name_length + extra_length;) {
@@ -242,17 +248,18 @@ inline void verify_zip_container(const std::vector<char>& file, const std::files
       x += 4 + length;
     }
     if (le(local, 4) != 0x04034b50)
-      throw corrupt(fmt::format("zip entry '{}' has no local header", name));
+      throw corrupt(igrad::detail::format("zip entry '{}' has no local header", name));
     const auto data = local + 30 + le(local + 26, 2) + le(local + 28, 2);
     if (data > size || packed > size - data)
-      throw corrupt(fmt::format("zip entry '{}' runs past the end of the file", name));
+      throw corrupt(igrad::detail::format("zip entry '{}' runs past the end of the file", name));
     std::uint32_t crc = 0;
     if (method == 0) {
-      if (packed != unpacked) throw corrupt(fmt::format("zip entry '{}' has two sizes", name));
+      if (packed != unpacked)
+        throw corrupt(igrad::detail::format("zip entry '{}' has two sizes", name));
       crc = crc_update(0, bytes + data, packed);
     } else if (method == 8) {
       if (unpacked >= (std::uint64_t{1} << 32) || unpacked > 1024 * packed + 1024)
-        throw corrupt(fmt::format("zip entry '{}' claims an impossible size", name));
+        throw corrupt(igrad::detail::format("zip entry '{}' claims an impossible size", name));
       inflated.resize(unpacked);
       z_stream stream{};
       if (inflateInit2(&stream, -MAX_WBITS) != Z_OK) throw corrupt("zlib cannot start");
@@ -264,13 +271,15 @@ inline void verify_zip_container(const std::vector<char>& file, const std::files
       const auto produced = stream.total_out;
       inflateEnd(&stream);
       if (status != Z_STREAM_END || produced != unpacked)
-        throw corrupt(fmt::format("zip entry '{}' does not inflate", name));
+        throw corrupt(igrad::detail::format("zip entry '{}' does not inflate", name));
       crc = crc_update(0, inflated.data(), inflated.size());
     } else {
-      throw corrupt(fmt::format("zip entry '{}' uses compression method {}", name, method));
+      throw corrupt(
+          igrad::detail::format("zip entry '{}' uses compression method {}", name, method));
     }
     if (crc != stored_crc)
-      throw corrupt(fmt::format("zip entry '{}' fails its CRC-32 check (stored {:08x}, bytes "
+      throw corrupt(
+          igrad::detail::format("zip entry '{}' fails its CRC-32 check (stored {:08x}, bytes "
                                 "{:08x})",
                                 name, stored_crc, crc));
     at += 46 + name_length + extra_length + comment_length;
@@ -296,8 +305,9 @@ inline void load_archive(torch::serialize::InputArchive& archive, const std::fil
   try {
     archive.load_from(file.data(), file.size(), device);
   } catch (const std::exception& e) {
-    throw DataError(fmt::format("{} '{}' cannot be read: {}; expected a file written by {}",
-                                what, path.string(), first_line(e.what()), writer));
+    throw DataError(
+        igrad::detail::format("{} '{}' cannot be read: {}; expected a file written by {}", what,
+                              path.string(), first_line(e.what()), writer));
   }
 }
 
@@ -377,7 +387,7 @@ void load_model_checked(const Model& model, torch::serialize::InputArchive& arch
   const auto dtype_names = [&] {
     std::vector<std::string> names;
     for (const auto type : model_floating) names.emplace_back(c10::toString(type));
-    return fmt::format("{}", fmt::join(names, ", "));
+    return igrad::detail::format("{}", fmt::join(names, ", "));
   };
   for (const auto& s : stored) {
     if (!s.value.is_floating_point() || model_floating.empty()) continue;
@@ -392,19 +402,20 @@ void load_model_checked(const Model& model, torch::serialize::InputArchive& arch
   const auto& tensors = snapshot.tensors();
   const auto name_of = [&](std::size_t i) {
     for (const auto& s : stored)
-      if (tensors[i].is_alias_of(s.value)) return fmt::format("tensor '{}'", s.name);
+      if (tensors[i].is_alias_of(s.value)) return igrad::detail::format("tensor '{}'", s.name);
     const bool parameter = i < snapshot.parameter_count();
-    return fmt::format("{} {}", parameter ? "parameter" : "buffer",
-                       parameter ? i : i - snapshot.parameter_count());
+    return igrad::detail::format("{} {}", parameter ? "parameter" : "buffer",
+                                 parameter ? i : i - snapshot.parameter_count());
   };
   try {
     model.load(archive);
   } catch (const std::exception& e) {
     snapshot.restore();
     if (dynamic_cast<const Error*>(&e) != nullptr) throw;
-    throw DataError(fmt::format("{} '{}' does not fit this model: {}; expected weights saved "
-                                "from the same architecture (the model was left unchanged)",
-                                what, path.string(), first_line(e.what())));
+    throw DataError(
+        igrad::detail::format("{} '{}' does not fit this model: {}; expected weights saved "
+                              "from the same architecture (the model was left unchanged)",
+                              what, path.string(), first_line(e.what())));
   }
   const auto& copies = snapshot.copies();
   for (std::size_t i = 0; i < tensors.size(); ++i) {
@@ -416,27 +427,28 @@ void load_model_checked(const Model& model, torch::serialize::InputArchive& arch
     for (const auto& s : stored)
       if (loaded.is_alias_of(s.value)) source = &s;
     if (source != nullptr && source->value.scalar_type() != copies[i].scalar_type()) {
-      problem = fmt::format("is stored as {} but is {} in the model",
-                            c10::toString(source->value.scalar_type()),
-                            c10::toString(copies[i].scalar_type()));
+      problem = igrad::detail::format("is stored as {} but is {} in the model",
+                                      c10::toString(source->value.scalar_type()),
+                                      c10::toString(copies[i].scalar_type()));
     } else if (loaded.scalar_type() != copies[i].scalar_type()) {
-      problem = fmt::format("is {} in the file but {} in the model",
-                            c10::toString(loaded.scalar_type()),
-                            c10::toString(copies[i].scalar_type()));
+      problem = igrad::detail::format("is {} in the file but {} in the model",
+                                      c10::toString(loaded.scalar_type()),
+                                      c10::toString(copies[i].scalar_type()));
     } else if (loaded.sizes() != copies[i].sizes()) {
-      problem = fmt::format("has shape {} in the file but {} in the model", shape_string(loaded),
-                            shape_string(copies[i]));
+      problem = igrad::detail::format("has shape {} in the file but {} in the model",
+                                      shape_string(loaded), shape_string(copies[i]));
     } else if (loaded.device() != copies[i].device()) {
-      problem = fmt::format("was loaded to {} but the model's is on {}", loaded.device().str(),
-                            copies[i].device().str());
+      problem = igrad::detail::format("was loaded to {} but the model's is on {}",
+                                      loaded.device().str(), copies[i].device().str());
     }
     if (problem.empty()) continue;
     const auto name = name_of(i);
     snapshot.restore();
-    throw DataError(fmt::format("{} '{}' does not fit this model: {} {}; expected weights saved "
-                                "from the same architecture, dtype and device (the model was "
-                                "left unchanged)",
-                                what, path.string(), name, problem));
+    throw DataError(
+        igrad::detail::format("{} '{}' does not fit this model: {} {}; expected weights saved "
+                              "from the same architecture, dtype and device (the model was "
+                              "left unchanged)",
+                              what, path.string(), name, problem));
   }
 }
 

@@ -73,7 +73,7 @@ PreparedBatch prepare_batch(const Model& model, const torch::Tensor& x,
                             std::string_view method, bool feature_map = false,
                             int64_t chunk = 0) {
   if (require_image) {
-    require_images(x, fmt::format("{}: the input images", method));
+    require_images(x, igrad::detail::format("{}: the input images", method));
   } else {
     require(x.defined() && x.dim() >= 2, "{}: input has shape {}; expected a batch [N, ...]",
             method, shape_string(x));

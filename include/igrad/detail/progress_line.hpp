@@ -4,6 +4,8 @@
 /// progress: a line redrawn in place on a terminal, plain lines elsewhere (logs, CI), a 24-wide
 /// bar and human-readable durations.
 
+#include <igrad/exceptions.hpp>
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -21,9 +23,9 @@ namespace igrad::detail {
 /// `seconds` as "42 s", "3 min 05 s" or "2 h 07 min".
 inline std::string format_duration(double seconds) {
   const auto whole = static_cast<int64_t>(seconds + 0.5);
-  if (whole < 60) return fmt::format("{} s", whole);
-  if (whole < 3600) return fmt::format("{} min {:02} s", whole / 60, whole % 60);
-  return fmt::format("{} h {:02} min", whole / 3600, (whole % 3600) / 60);
+  if (whole < 60) return igrad::detail::format("{} s", whole);
+  if (whole < 3600) return igrad::detail::format("{} min {:02} s", whole / 60, whole % 60);
+  return igrad::detail::format("{} h {:02} min", whole / 3600, (whole % 3600) / 60);
 }
 
 /// "[######..................] " for `done` of `total` (24 wide, with a trailing space); empty
@@ -33,7 +35,8 @@ inline std::string progress_bar_text(int64_t done, std::optional<int64_t> total)
   constexpr int width = 24;
   const double fraction = static_cast<double>(done) / static_cast<double>(*total);
   const int filled = std::min(width, static_cast<int>(fraction * width + 0.5));
-  return fmt::format("[{}{}] ", std::string(filled, '#'), std::string(width - filled, '.'));
+  return igrad::detail::format("[{}{}] ", std::string(filled, '#'),
+                               std::string(width - filled, '.'));
 }
 
 /// A progress line on a stream: on a terminal it is redrawn in place (at most every 100 ms);
@@ -61,14 +64,15 @@ class ProgressLine {
     last_draw_ = now;
     // fmt rather than "literal" + std::string: GCC 12 warns falsely (-Wstringop-overflow) on the
     // latter once inlined into fit().
-    std::fputs(fmt::format("\r{}\x1b[K", std::forward<Render>(render)()).c_str(), stream_);
+    std::fputs(igrad::detail::format("\r{}\x1b[K", std::forward<Render>(render)()).c_str(),
+               stream_);
     std::fflush(stream_);
   }
 
   /// Writes `text` as a line of its own (on a terminal, over the line drawn in place).
   void print_line(const std::string& text) {
     if (stream_ == nullptr) return;
-    std::fputs(fmt::format("{}{}\n", tty_ ? "\r\x1b[K" : "", text).c_str(), stream_);
+    std::fputs(igrad::detail::format("{}{}\n", tty_ ? "\r\x1b[K" : "", text).c_str(), stream_);
     std::fflush(stream_);
   }
 

@@ -53,14 +53,14 @@ auto call_model_checked(const Model& model, F&& f, std::string_view what,
     const int64_t channels = first_convolution_channels(model);
     if (what != "head" && argument.defined() && argument.dim() == 4 && channels > 0 &&
         argument.size(1) != channels) {
-      throw InvalidArgument(fmt::format(
+      throw InvalidArgument(igrad::detail::format(
           "the images have shape {}, that is {} channels, but the model's first convolution "
           "takes {} channel(s): it expects {}, not {}; expected images [N, {}, H, W] (grayscale "
           "vs RGB?). LibTorch said: {}",
-          shape_string(argument), argument.size(1), channels, channels, argument.size(1),
-          channels, first_line(e.what())));
+          shape_string(argument), argument.size(1), channels, channels, argument.size(1), channels,
+          first_line(e.what())));
     }
-    throw InvalidArgument(fmt::format(
+    throw InvalidArgument(igrad::detail::format(
         "the model's {} rejected {} of shape {}; expected the input size the model was built "
         "for. LibTorch said: {}",
         what, subject, shape_string(argument), first_line(e.what())));
@@ -78,19 +78,19 @@ auto translate_torch_errors(std::string_view entry, std::string_view memory_opti
   try {
     return std::forward<F>(f)();
   } catch (const std::bad_alloc&) {
-    throw InvalidArgument(fmt::format(
+    throw InvalidArgument(igrad::detail::format(
         "{}: ran out of memory; expected a smaller batch or a smaller {} (it bounds how many "
         "inputs go through the model at once)",
         entry, memory_option));
   } catch (const c10::Error& e) {
     const std::string said = first_line(e.what_without_backtrace());
     if (is_out_of_memory(said)) {
-      throw InvalidArgument(fmt::format(
+      throw InvalidArgument(igrad::detail::format(
           "{}: ran out of memory; expected a smaller batch or a smaller {} (it bounds how many "
           "inputs go through the model at once). LibTorch said: {}",
           entry, memory_option, said));
     }
-    throw InvalidArgument(fmt::format(
+    throw InvalidArgument(igrad::detail::format(
         "{}: LibTorch rejected the computation; expected tensors whose shapes, dtypes and devices "
         "agree with the model and the method. LibTorch said: {}",
         entry, said));

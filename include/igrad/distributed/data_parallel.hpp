@@ -5,6 +5,7 @@
 
 #include <igrad/callbacks/callback.hpp>
 #include <igrad/distributed/process_group.hpp>
+#include <igrad/exceptions.hpp>
 #include <igrad/model.hpp>
 
 #include <torch/torch.h>
@@ -82,7 +83,8 @@ class DataParallel {
   }
   /// @brief Replaces the buffers with rank 0's.
   void broadcast_buffers(const AnyModel& model, int64_t step = 0) {
-    broadcast_tensors(model.buffers(), fmt::format("broadcast of the buffers after step {}", step));
+    broadcast_tensors(model.buffers(),
+                      igrad::detail::format("broadcast of the buffers after step {}", step));
   }
 
   /// @brief Averages the gradients of `model`'s (and `optimizer`'s) trainable parameters across
@@ -126,7 +128,8 @@ class DataParallel {
                                                                                   p.options()));
       flats.push_back(torch::cat(pieces));
     }
-    group_.all_reduce(flats, fmt::format("all-reduce of the gradients of step {}", step + 1));
+    group_.all_reduce(flats,
+                      igrad::detail::format("all-reduce of the gradients of step {}", step + 1));
     const double world = static_cast<double>(group_.world_size());
     for (std::size_t b = 0; b < buckets.size(); ++b) {
       flats[b].div_(world);
@@ -151,9 +154,10 @@ class DataParallel {
     std::vector<double> sums{log.loss * n, log.classification_loss * n, log.regulariser_loss * n,
                              log.accuracy * n, n};
     for (const auto& [name, value] : log.metrics) sums.push_back(value);
-    sums = group_.sum(std::move(sums), fmt::format("reduction of the log of epoch {}", epoch));
+    sums = group_.sum(std::move(sums),
+                      igrad::detail::format("reduction of the log of epoch {}", epoch));
     auto seconds = torch::tensor({log.seconds}, torch::kDouble);
-    group_.all_reduce({seconds}, fmt::format("slowest rank's time of epoch {}", epoch),
+    group_.all_reduce({seconds}, igrad::detail::format("slowest rank's time of epoch {}", epoch),
                       /*maximum=*/true);
     const double total = sums[4];
     if (total > 0) {
@@ -345,7 +349,7 @@ class CollectiveCallback {
   auto forward(const char* hook, F&& f) {
     if constexpr (detail::returns_bool<F>) {
       const bool stop = active() ? f() : false;
-      return group_.any(stop, fmt::format("agreement on stopping ({})", hook));
+      return group_.any(stop, igrad::detail::format("agreement on stopping ({})", hook));
     } else {
       if (active()) f();
     }

@@ -258,8 +258,8 @@ class ProcessGroup {
            Launch&& launch) const;
   std::string diagnose(std::string_view what) const;
   std::string store_address() const {
-    return fmt::format("{}:{}", state_->environment.master_address,
-                       state_->environment.master_port);
+    return igrad::detail::format("{}:{}", state_->environment.master_address,
+                                 state_->environment.master_port);
   }
 
   std::shared_ptr<State> state_;
@@ -276,7 +276,7 @@ inline ProcessGroup::ProcessGroup(LaunchEnvironment environment, ProcessGroupOpt
                          options.timeout().count());
   if (environment.world_size == 1) return;  // exactly as without distribution
 #if !IGRAD_HAS_C10D_GLOO
-  throw InvalidArgument(fmt::format(
+  throw InvalidArgument(igrad::detail::format(
       "a world of {} processes needs c10d's Gloo backend, and this build has none (LibTorch "
       "without USE_C10D_GLOO, or Gloo's headers missing: install libgloo-dev); expected "
       "WORLD_SIZE=1 or a LibTorch with Gloo",
@@ -299,11 +299,11 @@ inline ProcessGroup::ProcessGroup(LaunchEnvironment environment, ProcessGroupOpt
     state->store = c10::make_intrusive<::c10d::TCPStore>(env.master_address, store_options);
   } catch (const std::exception& e) {
     if (env.rank == 0)
-      throw DistributedError(fmt::format(
+      throw DistributedError(igrad::detail::format(
           "rank 0 could not serve the process group's TCPStore on {} (MASTER_ADDR, MASTER_PORT): "
           "{}; expected a free port on this host",
           store_address(), igrad::detail::first_line(e.what())));
-    throw DistributedError(fmt::format(
+    throw DistributedError(igrad::detail::format(
         "rank {} could not reach rank 0's TCPStore at {} (MASTER_ADDR, MASTER_PORT) within "
         "{:g} s: {}; expected rank 0 to run with the same MASTER_ADDR and MASTER_PORT, and that "
         "address to be reachable from here",
@@ -311,7 +311,8 @@ inline ProcessGroup::ProcessGroup(LaunchEnvironment environment, ProcessGroupOpt
   }
   // Join: every rank says it is here, then waits for all; on a timeout, names who is missing.
   std::vector<std::string> joined;
-  for (int64_t r = 0; r < env.world_size; ++r) joined.push_back(fmt::format("igrad/joined/{}", r));
+  for (int64_t r = 0; r < env.world_size; ++r)
+    joined.push_back(igrad::detail::format("igrad/joined/{}", r));
   try {
     state->store->set(joined[env.rank], std::vector<uint8_t>{1});
     state->store->wait(joined, options.timeout());
@@ -323,7 +324,7 @@ inline ProcessGroup::ProcessGroup(LaunchEnvironment environment, ProcessGroupOpt
     } catch (const std::exception&) {
       missing = {0};  // the store itself is gone: rank 0 serves it
     }
-    throw DistributedError(fmt::format(
+    throw DistributedError(igrad::detail::format(
         "rank {}: rank(s) {} did not join the process group of {} processes within {:g} s "
         "(waited on the TCPStore at {}); expected every rank to start with WORLD_SIZE={}. "
         "c10d said: {}",
@@ -360,7 +361,7 @@ inline ProcessGroup::ProcessGroup(LaunchEnvironment environment, ProcessGroupOpt
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
-    throw DistributedError(fmt::format(
+    throw DistributedError(igrad::detail::format(
         "rank {} could not connect the collective backend to the other {} rank(s) within {:g} s: "
         "{}; expected every host to reach the others (set GLOO_SOCKET_IFNAME to the interface "
         "to use)",
@@ -379,8 +380,8 @@ void ProcessGroup::run(std::string_view what, const std::vector<torch::Tensor>& 
   try {
     // Say which collective this rank has reached, so that a rank left waiting can tell who is
     // behind (one small write to the store per collective).
-    const auto note = fmt::format("{} {}", s.sequence, what);
-    s.store->set(fmt::format("igrad/progress/{}", s.environment.rank),
+    const auto note = igrad::detail::format("{} {}", s.sequence, what);
+    s.store->set(igrad::detail::format("igrad/progress/{}", s.environment.rank),
                  std::vector<uint8_t>(note.begin(), note.end()));
     std::vector<c10::intrusive_ptr<::c10d::Work>> works;
     for (const auto& t : tensors) {
@@ -397,10 +398,11 @@ void ProcessGroup::run(std::string_view what, const std::vector<torch::Tensor>& 
   } catch (const std::exception& e) {
     const double waited =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    throw DistributedError(fmt::format("rank {}: the collective '{}' (#{} of this rank) failed "
-                                       "after {:.1f} s: {}. c10d said: {}",
-                                       s.environment.rank, what, s.sequence, waited,
-                                       diagnose(what), igrad::detail::first_line(e.what())));
+    throw DistributedError(
+        igrad::detail::format("rank {}: the collective '{}' (#{} of this rank) failed "
+                              "after {:.1f} s: {}. c10d said: {}",
+                              s.environment.rank, what, s.sequence, waited, diagnose(what),
+                              igrad::detail::first_line(e.what())));
   }
 #else
   (void)what, (void)tensors, (void)launch;
@@ -415,9 +417,9 @@ inline std::string ProcessGroup::diagnose(std::string_view) const {
     s.store->setTimeout(std::chrono::seconds(2));
     for (int64_t r = 0; r < s.environment.world_size; ++r) {
       if (r == s.environment.rank) continue;
-      const auto key = fmt::format("igrad/progress/{}", r);
+      const auto key = igrad::detail::format("igrad/progress/{}", r);
       if (!s.store->check({key})) {
-        behind.push_back(fmt::format("rank {} has run no collective yet", r));
+        behind.push_back(igrad::detail::format("rank {} has run no collective yet", r));
         continue;
       }
       const auto bytes = s.store->get(key);
@@ -425,21 +427,24 @@ inline std::string ProcessGroup::diagnose(std::string_view) const {
       const auto space = note.find(' ');
       const int64_t reached = std::stoll(note.substr(0, space));
       if (reached < s.sequence)
-        behind.push_back(fmt::format("rank {} did not arrive: its last collective was #{} ('{}')",
-                                     r, reached, note.substr(space + 1)));
+        behind.push_back(
+            igrad::detail::format("rank {} did not arrive: its last collective was #{} ('{}')", r,
+                                  reached, note.substr(space + 1)));
     }
   } catch (const std::exception&) {
     if (s.environment.rank != 0)
-      return fmt::format("rank 0 is gone (exited or crashed): its TCPStore at {} does not answer",
-                         store_address());
+      return igrad::detail::format(
+          "rank 0 is gone (exited or crashed): its TCPStore at {} does not answer",
+          store_address());
   }
   if (behind.empty())
-    return fmt::format("every other rank reached it too, so one of them failed or exited during "
-                       "it, or the {:g} s timeout passed",
-                       std::chrono::duration<double>(s.options.timeout()).count());
-  return fmt::format("{} (exited, crashed, or slower than the {:g} s timeout)",
-                     fmt::join(behind, "; "),
-                     std::chrono::duration<double>(s.options.timeout()).count());
+    return igrad::detail::format(
+        "every other rank reached it too, so one of them failed or exited during "
+        "it, or the {:g} s timeout passed",
+        std::chrono::duration<double>(s.options.timeout()).count());
+  return igrad::detail::format("{} (exited, crashed, or slower than the {:g} s timeout)",
+                               fmt::join(behind, "; "),
+                               std::chrono::duration<double>(s.options.timeout()).count());
 #else
   return {};
 #endif

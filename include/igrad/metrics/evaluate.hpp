@@ -3,6 +3,7 @@
 /// @brief One call that evaluates a model's explanation methods over a dataset and returns the
 /// method × metric table (SPEC §5).
 
+#include <igrad/concepts.hpp>
 #include <igrad/detail/batched_jobs.hpp>
 #include <igrad/detail/progress_line.hpp>
 #include <igrad/detail/tensor_checks.hpp>
@@ -28,7 +29,6 @@
 #include <iterator>
 #include <map>
 #include <optional>
-#include <ranges>
 #include <set>
 #include <string>
 #include <tuple>
@@ -136,11 +136,11 @@ class EvaluationProgress {
     std::string eta;
     if (total_ && *total_ > 0) {
       if (batches_ > 0 && batches_ < *total_)
-        eta = fmt::format(" ETA {:.0f} s", elapsed / batches_ * (*total_ - batches_));
+        eta = igrad::detail::format(" ETA {:.0f} s", elapsed / batches_ * (*total_ - batches_));
     }
-    return fmt::format("evaluate {}{}{} batches, {} images, {:.1f} s{}", bar, batches_,
-                       total_ ? fmt::format("/{}", *total_) : std::string(), images_, elapsed,
-                       eta);
+    return igrad::detail::format("evaluate {}{}{} batches, {} images, {:.1f} s{}", bar, batches_,
+                                 total_ ? igrad::detail::format("/{}", *total_) : std::string(),
+                                 images_, elapsed, eta);
   }
 
   ProgressLine line_;
@@ -383,15 +383,17 @@ namespace detail {
 /// One batch that `to_evaluation_batch` converts (an `igrad::LocalizationBatch`, a
 /// `torch::data::Example<>`, a tuple of tensors), as opposed to a range of batches.
 template <class B>
-concept SingleEvaluationBatch =
-    !std::ranges::range<B> && !std::is_same_v<B, EvaluationBatch> &&
-    (requires(const B& b) {
-      b.images;
-      b.labels;
-    } || requires(const B& b) {
-      b.data;
-      b.target;
-    } || requires { std::tuple_size<B>::value; });
+concept SingleEvaluationBatch = !detail::is_range<B> && !std::is_same_v<B, EvaluationBatch> &&
+                                (
+                                    requires(const B& b) {
+                                      b.images;
+                                      b.labels;
+                                    } ||
+                                    requires(const B& b) {
+                                      b.data;
+                                      b.target;
+                                    } ||
+                                    requires { std::tuple_size<B>::value; });
 }  // namespace detail
 
 /// @brief Evaluates explanation methods on one batch given as a whole — an
@@ -424,7 +426,7 @@ template <class Batches>
 MetricsTable evaluate(const AnyModel& model, const std::vector<Explainer>& explainers,
                       Batches&& batches, const EvaluationOptions& options = {}) {
   std::optional<int64_t> total;
-  if constexpr (std::ranges::sized_range<Batches>)
+  if constexpr (detail::is_sized_range<Batches>)
     total = static_cast<int64_t>(std::ranges::size(batches));
   return detail::evaluate_batches(
       model, explainers,

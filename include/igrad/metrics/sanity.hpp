@@ -449,7 +449,7 @@ RandomisationResult model_randomisation(const M& model, const Explainer& explain
     try {
       cloned = std::dynamic_pointer_cast<Impl>(module->clone());
     } catch (const c10::Error& e) {
-      throw InvalidArgument(fmt::format(
+      throw InvalidArgument(igrad::detail::format(
           "model_randomisation() cannot deep-copy the model ({}); expected a module deriving "
           "torch::nn::Cloneable<Impl>, or a make_model function that builds a fresh model of "
           "the same architecture (the overload model_randomisation(model, make_model, ...))",
@@ -509,9 +509,10 @@ inline RandomisationResult model_randomisation(
     try {
       cloned = module->clone();
     } catch (const c10::Error& e) {
-      throw InvalidArgument(fmt::format(
+      throw InvalidArgument(igrad::detail::format(
           "model_randomisation() cannot deep-copy the module ({}); expected a module deriving "
-          "torch::nn::Cloneable<Impl>", detail::first_line(e.what())));
+          "torch::nn::Cloneable<Impl>",
+          detail::first_line(e.what())));
     }
   }
   return detail::run_model_randomisation(cloned, as_model(cloned), explainer, x, targets, options);

@@ -34,8 +34,8 @@ namespace igrad {
 /// `infidelity`: `Infidelity` (mean squared error in squared score units, lower).
 ///
 /// `to_csv()` and `to_markdown()` write every number in the shortest form that reads back to the
-/// same double, so a table survives a round trip through a file; `fmt::format("{}", table)` (and
-/// `to_text`) aligns columns for reading, rounded.
+/// same double, so a table survives a round trip through a file; `igrad::detail::format("{}",
+/// table)` (and `to_text`) aligns columns for reading, rounded.
 class MetricsTable {
  public:
   /// @brief An empty table with these metric columns.
@@ -73,11 +73,11 @@ class MetricsTable {
   /// holding a comma, quote or newline are quoted.
   std::string to_csv() const {
     std::string out = "method";
-    for (const auto& m : metrics_) out += fmt::format(",{}", csv_field(m));
+    for (const auto& m : metrics_) out += igrad::detail::format(",{}", csv_field(m));
     out += "\n";
     for (std::size_t r = 0; r < methods_.size(); ++r) {
       out += csv_field(methods_[r]);
-      for (double v : values_[r]) out += fmt::format(",{}", v);
+      for (double v : values_[r]) out += igrad::detail::format(",{}", v);
       out += "\n";
     }
     return out;
@@ -87,20 +87,22 @@ class MetricsTable {
   /// shortest round-trip form). A `|` in a name is escaped.
   std::string to_markdown(std::optional<int> decimals = std::nullopt) const {
     std::string out = "| method |";
-    for (const auto& m : metrics_) out += fmt::format(" {} |", markdown_cell(m));
+    for (const auto& m : metrics_) out += igrad::detail::format(" {} |", markdown_cell(m));
     out += "\n|:---|";
     for (std::size_t c = 0; c < metrics_.size(); ++c) out += "---:|";
     out += "\n";
     for (std::size_t r = 0; r < methods_.size(); ++r) {
-      out += fmt::format("| {} |", markdown_cell(methods_[r]));
+      out += igrad::detail::format("| {} |", markdown_cell(methods_[r]));
       for (double v : values_[r])
-        out += decimals ? fmt::format(" {:.{}f} |", v, *decimals) : fmt::format(" {} |", v);
+        out += decimals ? igrad::detail::format(" {:.{}f} |", v, *decimals)
+                        : igrad::detail::format(" {} |", v);
       out += "\n";
     }
     return out;
   }
 
-  /// @brief Aligned plain text with `decimals` decimals (what `fmt::format("{}", table)` prints).
+  /// @brief Aligned plain text with `decimals` decimals (what `igrad::detail::format("{}", table)`
+  /// prints).
   std::string to_text(int decimals = 3) const {
     std::size_t name_width = 6;  // "method"
     for (const auto& m : methods_) name_width = std::max(name_width, m.size());
@@ -108,17 +110,17 @@ class MetricsTable {
     for (std::size_t c = 0; c < metrics_.size(); ++c) {
       std::size_t w = metrics_[c].size();
       for (const auto& row_values : values_)
-        w = std::max(w, fmt::format("{:.{}f}", row_values[c], decimals).size());
+        w = std::max(w, igrad::detail::format("{:.{}f}", row_values[c], decimals).size());
       widths.push_back(w);
     }
-    std::string out = fmt::format("{:<{}}", "method", name_width);
+    std::string out = igrad::detail::format("{:<{}}", "method", name_width);
     for (std::size_t c = 0; c < metrics_.size(); ++c)
-      out += fmt::format("  {:>{}}", metrics_[c], widths[c]);
+      out += igrad::detail::format("  {:>{}}", metrics_[c], widths[c]);
     out += "\n";
     for (std::size_t r = 0; r < methods_.size(); ++r) {
-      out += fmt::format("{:<{}}", methods_[r], name_width);
+      out += igrad::detail::format("{:<{}}", methods_[r], name_width);
       for (std::size_t c = 0; c < metrics_.size(); ++c)
-        out += fmt::format("  {:>{}.{}f}", values_[r][c], widths[c], decimals);
+        out += igrad::detail::format("  {:>{}.{}f}", values_[r][c], widths[c], decimals);
       out += "\n";
     }
     return out;
@@ -138,9 +140,10 @@ class MetricsTable {
     const auto it = std::find(names.begin(), names.end(), name);
     if (it == names.end()) {
       std::string known;
-      for (const auto& n : names) known += fmt::format("{}{}", known.empty() ? "" : ", ", n);
-      throw InvalidArgument(fmt::format("the table has no {} '{}'; expected one of: {}", what,
-                                        name, known.empty() ? "(none)" : known));
+      for (const auto& n : names)
+        known += igrad::detail::format("{}{}", known.empty() ? "" : ", ", n);
+      throw InvalidArgument(igrad::detail::format("the table has no {} '{}'; expected one of: {}",
+                                                  what, name, known.empty() ? "(none)" : known));
     }
     return static_cast<std::size_t>(it - names.begin());
   }
@@ -172,7 +175,8 @@ class MetricsTable {
 }  // namespace igrad
 
 /// @cond  fmt's formatter specialisation: documented in MetricsTable::to_text
-/// @brief `fmt::format("{}", table)`: the aligned plain-text table (`MetricsTable::to_text()`).
+/// @brief `igrad::detail::format("{}", table)`: the aligned plain-text table
+/// (`MetricsTable::to_text()`).
 template <>
 struct fmt::formatter<igrad::MetricsTable> : fmt::formatter<std::string_view> {
   /// @brief Formats the table as aligned text with 3 decimals.

@@ -70,9 +70,10 @@ inline void load_weights(const AnyModel& model, const std::filesystem::path& pat
   } catch (const std::exception& e) {
     // LibTorch's own errors on a corrupt file's content.
     snapshot.restore();
-    throw DataError(fmt::format("weights file '{}' cannot be read: {}; expected a file written "
-                                "by igrad::save_weights (the model was left unchanged)",
-                                path.string(), detail::first_line(e.what())));
+    throw DataError(
+        igrad::detail::format("weights file '{}' cannot be read: {}; expected a file written "
+                              "by igrad::save_weights (the model was left unchanged)",
+                              path.string(), detail::first_line(e.what())));
   }
 }
 
@@ -186,9 +187,10 @@ inline CheckpointInfo load_checkpoint_transaction(const std::filesystem::path& p
     archive.read("optimizer", optimizer_archive);
     archive.read("cpu_rng_state", rng);
   } catch (const std::exception& e) {
-    throw DataError(fmt::format("checkpoint '{}' cannot be read: {}; expected a file written by "
-                                "igrad::save_checkpoint",
-                                path.string(), detail::first_line(e.what())));
+    throw DataError(
+        igrad::detail::format("checkpoint '{}' cannot be read: {}; expected a file written by "
+                              "igrad::save_checkpoint",
+                              path.string(), detail::first_line(e.what())));
   }
   info.next_epoch = detail::read_count(archive, "next_epoch", path, std::nullopt);
   info.global_step = detail::read_count(archive, "global_step", path, std::nullopt);
@@ -228,12 +230,12 @@ inline CheckpointInfo load_checkpoint_transaction(const std::filesystem::path& p
   } catch (const std::exception& e) {
     detail::restore_optimizer(optimizer, optimizer_before);
     model_before.restore();
-    throw DataError(fmt::format("checkpoint '{}' holds optimizer state that does not fit this "
-                                "optimizer ({}): {}; expected the optimizer kind and parameters "
-                                "the run was checkpointed with (model and optimizer were left "
-                                "unchanged)",
-                                path.string(), detail::optimizer_kind(optimizer),
-                                detail::first_line(e.what())));
+    throw DataError(igrad::detail::format(
+        "checkpoint '{}' holds optimizer state that does not fit this "
+        "optimizer ({}): {}; expected the optimizer kind and parameters "
+        "the run was checkpointed with (model and optimizer were left "
+        "unchanged)",
+        path.string(), detail::optimizer_kind(optimizer), detail::first_line(e.what())));
   }
   try {
     detail::set_cpu_generator_state(rng);
@@ -241,9 +243,10 @@ inline CheckpointInfo load_checkpoint_transaction(const std::filesystem::path& p
     detail::restore_optimizer(optimizer, optimizer_before);
     model_before.restore();
     detail::set_cpu_generator_state(current_rng);
-    throw DataError(fmt::format("checkpoint '{}' holds a CPU generator state LibTorch refuses: "
-                                "{} (model and optimizer were left unchanged)",
-                                path.string(), detail::first_line(e.what())));
+    throw DataError(
+        igrad::detail::format("checkpoint '{}' holds a CPU generator state LibTorch refuses: "
+                              "{} (model and optimizer were left unchanged)",
+                              path.string(), detail::first_line(e.what())));
   }
   return info;
 }
@@ -272,9 +275,10 @@ inline CheckpointInfo load_checkpoint(const std::filesystem::path& path, const A
   } catch (const std::exception& e) {
     // LibTorch's own errors on a corrupt file's content (each step that changes something
     // restores what it changed before this is reached).
-    throw DataError(fmt::format("checkpoint '{}' cannot be read: {}; expected a file written by "
-                                "igrad::save_checkpoint",
-                                path.string(), detail::first_line(e.what())));
+    throw DataError(
+        igrad::detail::format("checkpoint '{}' cannot be read: {}; expected a file written by "
+                              "igrad::save_checkpoint",
+                              path.string(), detail::first_line(e.what())));
   }
 }
 

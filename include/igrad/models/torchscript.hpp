@@ -64,8 +64,8 @@ inline void load_script_state(const torch::jit::Module& module,
     archive.read(name, stored, buffer);
     require<DataError>(stored.sizes() == target.sizes(),
                        "weights of '{}{}' have shape {}; the TorchScript model expects {}", prefix,
-                       name, fmt::format("{}", fmt::join(stored.sizes(), "x")),
-                       fmt::format("{}", fmt::join(target.sizes(), "x")));
+                       name, igrad::detail::format("{}", fmt::join(stored.sizes(), "x")),
+                       igrad::detail::format("{}", fmt::join(target.sizes(), "x")));
     torch::NoGradGuard no_grad;
     target.copy_(stored);
   };
@@ -159,9 +159,10 @@ inline AnyModel load_torchscript(const std::filesystem::path& path,
   try {
     module = device ? torch::jit::load(path.string(), *device) : torch::jit::load(path.string());
   } catch (const std::exception& e) {
-    throw DataError(fmt::format("TorchScript file '{}' cannot be loaded: {}; expected a file "
-                                "written by torch.jit.save",
-                                path.string(), detail::first_line(e.what())));
+    throw DataError(
+        igrad::detail::format("TorchScript file '{}' cannot be loaded: {}; expected a file "
+                              "written by torch.jit.save",
+                              path.string(), detail::first_line(e.what())));
   }
   return from_torchscript(std::move(module));
 }

@@ -237,8 +237,8 @@ inline NoisyGradientMoments noisy_gradient_moments(const SaliencyRequest& reques
   require(o.samples() > 0, "{}: SaliencyOptions::samples is {}; expected at least 1", method,
           o.samples());
   const auto& x = request.input;
-  const auto sigma =
-      noise_scale(x, o.noise_level(), fmt::format("{}: SaliencyOptions::noise_level", method));
+  const auto sigma = noise_scale(x, o.noise_level(),
+                                 igrad::detail::format("{}: SaliencyOptions::noise_level", method));
   const int64_t chunk = saliency_chunk(o);
   const int64_t n = x.size(0);
   auto generator = noise_generator(o.generator(), o.seed());
@@ -341,7 +341,7 @@ inline torch::Tensor checked_baseline(const torch::Tensor& baseline, const torch
           shape_string(torch::empty(one_image)));
   require(!baseline.is_complex(), "{}: the baseline ({}) has dtype {}; expected a real tensor",
           method, option, std::string(c10::toString(baseline.scalar_type())));
-  require_finite(baseline, fmt::format("the {} baseline ({})", method, option));
+  require_finite(baseline, igrad::detail::format("the {} baseline ({})", method, option));
   return baseline.to(x.device(), x.scalar_type()).expand_as(x);
 }
 
@@ -853,7 +853,7 @@ template <SaliencyMethod S>
 torch::Tensor explain(const AnyModel& model, const torch::Tensor& x,
                       const torch::Tensor& targets = {}, const SaliencyOptions& options = {},
                       const S& method = S()) {
-  detail::require_images(x, fmt::format("{}: the input images", S::name),
+  detail::require_images(x, igrad::detail::format("{}: the input images", S::name),
                          detail::ImageValues::any);
   return saliency_map(attribute<S>(model, x, targets, options, method));
 }

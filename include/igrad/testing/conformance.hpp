@@ -17,6 +17,7 @@
 #include <igrad/cam/explain.hpp>
 #include <igrad/concepts.hpp>
 #include <igrad/errors/error_functions.hpp>
+#include <igrad/exceptions.hpp>
 #include <igrad/model.hpp>
 #include <igrad/rules/backprop_rules.hpp>
 #include <igrad/saliency/saliency_methods.hpp>
@@ -51,8 +52,8 @@ struct ConformanceReport {
   explicit operator bool() const { return ok(); }
   /// @brief "<name>: conforms" or "<name> breaks N law(s): ..." on one line per law.
   std::string summary() const {
-    if (ok()) return fmt::format("{}: conforms", policy);
-    std::string text = fmt::format("{} breaks {} law(s):", policy, violations.size());
+    if (ok()) return igrad::detail::format("{}: conforms", policy);
+    std::string text = igrad::detail::format("{} breaks {} law(s):", policy, violations.size());
     for (const auto& v : violations) text += "\n  - " + v;
     return text;
   }
@@ -87,7 +88,7 @@ class LawBook {
       std::forward<Body>(body)();
     } catch (const std::exception& e) {
       report_.violations.push_back(
-          fmt::format("{}: threw \"{}\"", law, igrad::detail::first_line(e.what())));
+          igrad::detail::format("{}: threw \"{}\"", law, igrad::detail::first_line(e.what())));
     }
   }
   ConformanceReport take() { return std::move(report_); }
@@ -160,16 +161,19 @@ class ModelGuard {
     }
     for (std::size_t i = 0; i < buffers_.size(); ++i)
       buffers = buffers && torch::equal(buffers_[i].detach(), buffer_values_[i]);
-    book.expect(grads, fmt::format("{} changed a parameter's .grad; expected it untouched (take "
-                                   "gradients with torch::autograd::grad or igrad::gradient)",
-                                   what));
-    book.expect(values, fmt::format("{} changed a parameter; expected the model unchanged", what));
-    book.expect(buffers, fmt::format("{} changed a buffer (e.g. batch-norm statistics); expected "
-                                     "the model to run in evaluation mode",
-                                     what));
-    book.expect(model_.is_training(), fmt::format("{} left the model in evaluation mode; "
-                                                  "expected its mode restored",
-                                                  what));
+    book.expect(grads,
+                igrad::detail::format("{} changed a parameter's .grad; expected it untouched (take "
+                                      "gradients with torch::autograd::grad or igrad::gradient)",
+                                      what));
+    book.expect(values, igrad::detail::format(
+                            "{} changed a parameter; expected the model unchanged", what));
+    book.expect(buffers,
+                igrad::detail::format("{} changed a buffer (e.g. batch-norm statistics); expected "
+                                      "the model to run in evaluation mode",
+                                      what));
+    book.expect(model_.is_training(), igrad::detail::format("{} left the model in evaluation mode; "
+                                                            "expected its mode restored",
+                                                            what));
   }
 
  private:
@@ -268,10 +272,11 @@ ConformanceReport check_error_function(const E& error = E(), const ConformanceOp
         const auto grad = torch::autograd::grad({errors.sum()}, {s}, {}, false, false, true)[0];
         finite = !grad.defined() || igrad::detail::all_finite(grad);
       }
-      book.expect(finite, fmt::format("the error or its derivative is not finite for {}; "
-                                      "expected finite values (clamp each norm on its own, "
-                                      "before any square root)",
-                                      names[k]));
+      book.expect(finite,
+                  igrad::detail::format("the error or its derivative is not finite for {}; "
+                                        "expected finite values (clamp each norm on its own, "
+                                        "before any square root)",
+                                        names[k]));
     }
   });
   book.run("lower means closer", [&] {
@@ -303,10 +308,10 @@ ConformanceReport check_backprop_rule(const R& rule = R(), const ConformanceOpti
     const auto masked_copy = masked.clone(), upstream_copy = upstream.clone();
     torch::Tensor result = rule(masked, upstream);
     book.expect(result.defined() && result.sizes() == masked.sizes(),
-                fmt::format("it returned shape {} for masked gradients of shape {}; expected "
-                            "the same shape",
-                            igrad::detail::shape_string(result),
-                            igrad::detail::shape_string(masked)));
+                igrad::detail::format(
+                    "it returned shape {} for masked gradients of shape {}; expected "
+                    "the same shape",
+                    igrad::detail::shape_string(result), igrad::detail::shape_string(masked)));
     book.expect(result.defined() && igrad::detail::all_finite(result),
                 "it returned non-finite values for finite gradients");
     book.expect(torch::equal(masked, masked_copy) && torch::equal(upstream, upstream_copy),
@@ -330,19 +335,22 @@ ConformanceReport check_backprop_rule(const R& rule = R(), const ConformanceOpti
     const auto after = torch::autograd::grad({y}, {input}, {}, /*retain_graph=*/true)[0];
     torch::Tensor expected = rule(ordinary, upstream);
     const char* site = relu6 ? "ReLU6" : "ReLU";
-    book.expect(detail::close(ruled, expected, options),
-                fmt::format("igrad::gradient<{}> through a {} site differs from the rule applied "
-                            "to (1[site active]·δv, δv); expected them equal",
-                            R::name, site));
-    book.expect(detail::close(before, ordinary, options) && detail::close(after, ordinary, options),
-                fmt::format("an ordinary gradient of the same {} graph, before or after "
-                            "igrad::gradient<{}>, is not standard; expected the rule to act "
-                            "inside its call only",
-                            site, R::name));
+    book.expect(
+        detail::close(ruled, expected, options),
+        igrad::detail::format("igrad::gradient<{}> through a {} site differs from the rule applied "
+                              "to (1[site active]·δv, δv); expected them equal",
+                              R::name, site));
+    book.expect(
+        detail::close(before, ordinary, options) && detail::close(after, ordinary, options),
+        igrad::detail::format("an ordinary gradient of the same {} graph, before or after "
+                              "igrad::gradient<{}>, is not standard; expected the rule to act "
+                              "inside its call only",
+                              site, R::name));
     bool hooks_left = false;
     for (auto* node : igrad::detail::find_rectifier_nodes({y}))
       hooks_left = hooks_left || !node->post_hooks().empty();
-    book.expect(!hooks_left, fmt::format("a hook stayed on the {} graph after the call", site));
+    book.expect(!hooks_left,
+                igrad::detail::format("a hook stayed on the {} graph after the call", site));
   };
   book.run("ReLU site", [&] { site_law(false); });
   book.run("ReLU6 site", [&] { site_law(true); });
@@ -362,10 +370,11 @@ inline ConformanceReport check_feature_split(const AnyModel& model, const torch:
     torch::NoGradGuard no_grad;
     const auto input = x.to(model.device(), model.dtype());
     const auto a = model.features(input);
-    book.expect(a.dim() == 4 && a.size(0) == input.size(0),
-                fmt::format("features(x) has shape {} for an input of shape {}; expected a "
-                            "feature map [N, K, h, w]",
-                            igrad::detail::shape_string(a), igrad::detail::shape_string(input)));
+    book.expect(
+        a.dim() == 4 && a.size(0) == input.size(0),
+        igrad::detail::format("features(x) has shape {} for an input of shape {}; expected a "
+                              "feature map [N, K, h, w]",
+                              igrad::detail::shape_string(a), igrad::detail::shape_string(input)));
     book.expect(detail::close(model.forward(input), model.head(a), options),
                 "head(features(x)) differs from forward(x); expected forward = head ∘ features");
   });
@@ -396,8 +405,8 @@ ConformanceReport check_cam_method(const AnyModel& model, const torch::Tensor& x
       raw = method(request);
     }
     book.expect(raw.defined() && raw.dim() == 3 && raw.size(0) == n,
-                fmt::format("it returned a map of shape {}; expected [{}, h, w]",
-                            igrad::detail::shape_string(raw), n));
+                igrad::detail::format("it returned a map of shape {}; expected [{}, h, w]",
+                                      igrad::detail::shape_string(raw), n));
     book.expect(raw.defined() && igrad::detail::all_finite(raw), "it returned a non-finite map");
     guard.check(book, "calling it");
   });
@@ -405,8 +414,8 @@ ConformanceReport check_cam_method(const AnyModel& model, const torch::Tensor& x
     const auto maps = explain<C>(model, x, {}, cam_options, method);
     book.expect(maps.dim() == 3 && maps.size(0) == n && maps.size(1) == x.size(2) &&
                     maps.size(2) == x.size(3),
-                fmt::format("explain returned shape {}; expected [{}, {}, {}]",
-                            igrad::detail::shape_string(maps), n, x.size(2), x.size(3)));
+                igrad::detail::format("explain returned shape {}; expected [{}, {}, {}]",
+                                      igrad::detail::shape_string(maps), n, x.size(2), x.size(3)));
     book.expect(maps.min().template item<double>() >= 0 && maps.max().template item<double>() <= 1,
                 "explain returned values outside [0, 1]");
     guard.check(book, "explain");
@@ -446,9 +455,10 @@ ConformanceReport check_saliency_method(const AnyModel& model, const torch::Tens
       const SaliencyRequest request{model, batch.input, batch.targets, saliency_options};
       result = method(request);
     }
-    book.expect(result.defined() && result.sizes() == x.sizes(),
-                fmt::format("it returned attributions of shape {}; expected the input's shape {}",
-                            igrad::detail::shape_string(result), igrad::detail::shape_string(x)));
+    book.expect(
+        result.defined() && result.sizes() == x.sizes(),
+        igrad::detail::format("it returned attributions of shape {}; expected the input's shape {}",
+                              igrad::detail::shape_string(result), igrad::detail::shape_string(x)));
     book.expect(result.defined() && igrad::detail::all_finite(result),
                 "it returned non-finite attributions");
     guard.check(book, "calling it");

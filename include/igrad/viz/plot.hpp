@@ -182,10 +182,10 @@ inline torch::Tensor line_plot(const std::vector<Series>& series, const PlotOpti
       }
     }
   }
-  draw_text(picture, 4, top - 3, fmt::format("{:.3g}", y_max), axis, 1);
-  draw_text(picture, 4, bottom - 6, fmt::format("{:.3g}", y_min), axis, 1);
-  draw_text(picture, left - 2, bottom + 6, fmt::format("{:.4g}", x_min), axis, 1);
-  const std::string x_end = fmt::format("{:.4g}", x_max);
+  draw_text(picture, 4, top - 3, igrad::detail::format("{:.3g}", y_max), axis, 1);
+  draw_text(picture, 4, bottom - 6, igrad::detail::format("{:.3g}", y_min), axis, 1);
+  draw_text(picture, left - 2, bottom + 6, igrad::detail::format("{:.4g}", x_min), axis, 1);
+  const std::string x_end = igrad::detail::format("{:.4g}", x_max);
   draw_text(picture, right - 6 * static_cast<int>(x_end.size()), bottom + 6, x_end, axis, 1);
   if (!options.x_label().empty())
     draw_text(picture, (left + right) / 2 - 3 * static_cast<int>(options.x_label().size()),
