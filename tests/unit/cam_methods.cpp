@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 using namespace igrad_test;
@@ -562,6 +563,10 @@ TEST_CASE("cam: all_cam_methods lists the twenty methods, each a CamMethod") {
     names.emplace_back(C::name);
   });
   CHECK(names.size() == 20);
+  // igrad's methods defer their operator()'s compilation with a defaulted template parameter
+  // (cam/cam_method.hpp); its address is still taken as documented there.
+  static_assert(std::is_same_v<decltype(&igrad::GradCam::operator()<>),
+                               torch::Tensor (igrad::GradCam::*)(const igrad::CamRequest&) const>);
   static_assert(!igrad::CamMethod<int>);
   static_assert(!igrad::CamMethod<igrad::GuidedReLU>);
 }

@@ -8,6 +8,13 @@
 /// post-processing, `[N, h, w]`. `igrad::explain<C>` does everything around it — validation,
 /// evaluation mode, default targets, device and dtype, ReLU, min–max scaling and upsampling — so
 /// that every method is called the same way and batches give the same maps as single images.
+///
+/// Why igrad's own methods declare `operator()` as `template <class Deferred = void>`, a template
+/// that is never given an argument: its body, and the LibTorch templates that body uses, are then
+/// compiled only in the files that call the method, not in every file that includes igrad
+/// (README, "Per-area headers and compile time"). It is called like a plain member function; only
+/// taking its address needs the argument (`&igrad::GradCam::operator()<>`). Methods written by
+/// users need no such thing.
 
 #include <igrad/concepts.hpp>
 #include <igrad/detail/batched_jobs.hpp>

@@ -2,6 +2,9 @@
 /// @file cam/eigen_methods.hpp
 /// @brief CAM methods that project feature maps on a principal component: EigenGrad-CAM (PCA of
 /// `g ∘ A`) and KPCA-CAM (kernel PCA of `A`). Eigen-CAM itself is in gradient_free_methods.hpp.
+///
+/// Each method's `operator()` is a template only so that its body is compiled where the method
+/// is called (see cam/cam_method.hpp).
 
 #include <igrad/cam/cam_method.hpp>
 
@@ -27,6 +30,7 @@ namespace igrad {
 struct EigenGradCam {
   static constexpr const char* name = "EigenGrad-CAM";  ///< display name
   /// @brief The map before post-processing, `[N, h, w]`.
+  template <class Deferred = void>
   torch::Tensor operator()(const CamRequest& request) const {
     const auto fg = feature_gradients(request);
     torch::NoGradGuard no_grad;
@@ -83,6 +87,7 @@ inline torch::Tensor kpca_kernel_matrix(const torch::Tensor& x, const CamOptions
 struct KpcaCam {
   static constexpr const char* name = "KPCA-CAM";  ///< display name
   /// @brief The map before post-processing, `[N, h, w]`.
+  template <class Deferred = void>
   torch::Tensor operator()(const CamRequest& request) const {
     const auto& o = request.options;
     detail::require(std::isfinite(o.kpca_gamma()) && o.kpca_gamma() >= 0,

@@ -268,6 +268,7 @@ inline torch::Tensor scale_each_channel(const torch::Tensor& maps, int64_t heigh
 struct FullGrad {
   static constexpr const char* name = "FullGrad";  ///< display name
   /// @brief The map before post-processing, `[N, H, W]` (input resolution).
+  template <class Deferred = void>
   torch::Tensor operator()(const CamRequest& request) const {
     const auto& x = request.input;
     const int64_t height = x.size(2), width = x.size(3);

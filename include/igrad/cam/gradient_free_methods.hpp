@@ -2,6 +2,9 @@
 /// @file cam/gradient_free_methods.hpp
 /// @brief CAM methods that need no gradient of the class score: CAM, Score-CAM, SS-CAM, IS-CAM,
 /// Ablation-CAM, Eigen-CAM, and Opti-CAM (which optimises its own weights) (SPEC §4).
+///
+/// Each method's `operator()` is a template only so that its body is compiled where the method
+/// is called (see cam/cam_method.hpp).
 
 #include <igrad/cam/cam_method.hpp>
 
@@ -27,6 +30,7 @@ namespace igrad {
 struct Cam {
   static constexpr const char* name = "CAM";  ///< display name
   /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
+  template <class Deferred = void>
   torch::Tensor operator()(const CamRequest& request) const {
     return channel_maps(request).sum(1);
   }
@@ -119,6 +123,7 @@ torch::Tensor masked_scores(const CamRequest& request, const torch::Tensor& acti
 struct ScoreCam {
   static constexpr const char* name = "Score-CAM";  ///< display name
   /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
+  template <class Deferred = void>
   torch::Tensor operator()(const CamRequest& request) const {
     return channel_maps(request).sum(1);
   }
@@ -167,6 +172,7 @@ struct ScoreCam {
 struct SSCam {
   static constexpr const char* name = "SS-CAM";  ///< display name
   /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
+  template <class Deferred = void>
   torch::Tensor operator()(const CamRequest& request) const {
     return channel_maps(request).sum(1);
   }
@@ -202,6 +208,7 @@ struct SSCam {
 struct ISCam {
   static constexpr const char* name = "IS-CAM";  ///< display name
   /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
+  template <class Deferred = void>
   torch::Tensor operator()(const CamRequest& request) const {
     return channel_maps(request).sum(1);
   }
@@ -233,6 +240,7 @@ struct ISCam {
 struct AblationCam {
   static constexpr const char* name = "Ablation-CAM";  ///< display name
   /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
+  template <class Deferred = void>
   torch::Tensor operator()(const CamRequest& request) const {
     return channel_maps(request).sum(1);
   }
@@ -266,6 +274,7 @@ struct AblationCam {
 struct EigenCam {
   static constexpr const char* name = "Eigen-CAM";  ///< display name
   /// @brief The map before post-processing, `[N, h, w]`.
+  template <class Deferred = void>
   torch::Tensor operator()(const CamRequest& request) const {
     torch::NoGradGuard no_grad;
     return detail::first_principal_projection(request_features(request));
@@ -284,6 +293,7 @@ struct EigenCam {
 struct Fem {
   static constexpr const char* name = "FEM";  ///< display name
   /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
+  template <class Deferred = void>
   torch::Tensor operator()(const CamRequest& request) const {
     return channel_maps(request).sum(1);
   }
@@ -316,6 +326,7 @@ struct Fem {
 struct OptiCam {
   static constexpr const char* name = "Opti-CAM";  ///< display name
   /// @brief The map before post-processing, `[N, h, w]`: S for the optimised weights.
+  template <class Deferred = void>
   torch::Tensor operator()(const CamRequest& request) const {
     return channel_maps(request).sum(1);
   }

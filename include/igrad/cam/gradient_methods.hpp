@@ -2,6 +2,9 @@
 /// @file cam/gradient_methods.hpp
 /// @brief CAM methods weighted by the gradient `g = ∂y^c/∂A`: Grad-CAM, Grad-CAM++,
 /// SmoothGrad-CAM++, XGrad-CAM, Layer-CAM, HiRes-CAM (SPEC §4).
+///
+/// Each method's `operator()` is a template only so that its body is compiled where the method
+/// is called (see cam/cam_method.hpp).
 
 #include <igrad/cam/cam_method.hpp>
 
@@ -17,6 +20,7 @@ namespace igrad {
 struct GradCam {
   static constexpr const char* name = "Grad-CAM";  ///< display name
   /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
+  template <class Deferred = void>
   torch::Tensor operator()(const CamRequest& request) const {
     return channel_maps(request).sum(1);
   }
@@ -50,6 +54,7 @@ inline torch::Tensor grad_cam_plus_plus_weights(const torch::Tensor& activations
 struct GradCamPlusPlus {
   static constexpr const char* name = "Grad-CAM++";  ///< display name
   /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
+  template <class Deferred = void>
   torch::Tensor operator()(const CamRequest& request) const {
     return channel_maps(request).sum(1);
   }
@@ -73,6 +78,7 @@ struct GradCamPlusPlus {
 struct SmoothGradCamPlusPlus {
   static constexpr const char* name = "SmoothGrad-CAM++";  ///< display name
   /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
+  template <class Deferred = void>
   torch::Tensor operator()(const CamRequest& request) const {
     return channel_maps(request).sum(1);
   }
@@ -109,6 +115,7 @@ struct SmoothGradCamPlusPlus {
 struct XGradCam {
   static constexpr const char* name = "XGrad-CAM";  ///< display name
   /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
+  template <class Deferred = void>
   torch::Tensor operator()(const CamRequest& request) const {
     return channel_maps(request).sum(1);
   }
@@ -125,6 +132,7 @@ struct XGradCam {
 struct LayerCam {
   static constexpr const char* name = "Layer-CAM";  ///< display name
   /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
+  template <class Deferred = void>
   torch::Tensor operator()(const CamRequest& request) const {
     return channel_maps(request).sum(1);
   }
@@ -140,6 +148,7 @@ struct LayerCam {
 struct HiResCam {
   static constexpr const char* name = "HiRes-CAM";  ///< display name
   /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
+  template <class Deferred = void>
   torch::Tensor operator()(const CamRequest& request) const {
     return channel_maps(request).sum(1);
   }

@@ -1,6 +1,9 @@
 #pragma once
 /// @file cam/guided_grad_cam.hpp
 /// @brief Guided Grad-CAM (Selvaraju et al. 2017): Grad-CAM times the guided-backprop gradient.
+///
+/// Each method's `operator()` is a template only so that its body is compiled where the method
+/// is called (see cam/cam_method.hpp).
 
 #include <igrad/cam/cam_method.hpp>
 #include <igrad/cam/gradient_methods.hpp>
@@ -63,6 +66,7 @@ inline torch::Tensor guided_grad_cam_product(const CamRequest& request) {
 struct GuidedGradCam {
   static constexpr const char* name = "Guided Grad-CAM";  ///< display name
   /// @brief The map before post-processing, `[N, H, W]` (input resolution).
+  template <class Deferred = void>
   torch::Tensor operator()(const CamRequest& request) const {
     return detail::guided_grad_cam_product(request).abs().amax(1);
   }

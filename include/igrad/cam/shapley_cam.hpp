@@ -2,6 +2,9 @@
 /// @file cam/shapley_cam.hpp
 /// @brief Shapley-CAM (Cai et al. 2024): Grad-CAM's weights corrected by a Hessian-vector
 /// product, from a double backward pass.
+///
+/// Each method's `operator()` is a template only so that its body is compiled where the method
+/// is called (see cam/cam_method.hpp).
 
 #include <igrad/cam/cam_method.hpp>
 
@@ -30,6 +33,7 @@ namespace igrad {
 struct ShapleyCam {
   static constexpr const char* name = "Shapley-CAM";  ///< display name
   /// @brief The map before post-processing, `[N, h, w]`: the channel maps summed.
+  template <class Deferred = void>
   torch::Tensor operator()(const CamRequest& request) const {
     return channel_maps(request).sum(1);
   }

@@ -3,6 +3,9 @@
 /// @brief Input-space saliency (SPEC §4): attributions of the class logit `y^c` to the input
 /// pixels, computed with igrad's backprop rules (`input_gradient<R>`), and their reduction to
 /// `[N, H, W]` maps.
+///
+/// Each method's `operator()` is a template only so that its body is compiled where the method
+/// is called (see cam/cam_method.hpp, which explains why).
 
 #include <igrad/concepts.hpp>
 #include <igrad/detail/batched_jobs.hpp>
@@ -176,6 +179,7 @@ torch::Tensor target_input_gradient(const SaliencyRequest& request, const torch:
 struct Gradient {
   static constexpr const char* name = "Gradient";  ///< display name
   /// @brief Input-shaped attributions.
+  template <class Deferred = void>
   torch::Tensor operator()(const SaliencyRequest& request) const {
     return detail::rule_attributions<StandardReLU>(request);
   }
@@ -186,6 +190,7 @@ struct Gradient {
 struct GuidedBackprop {
   static constexpr const char* name = "Guided Backprop";  ///< display name
   /// @brief Input-shaped attributions.
+  template <class Deferred = void>
   torch::Tensor operator()(const SaliencyRequest& request) const {
     return detail::rule_attributions<GuidedReLU>(request);
   }
@@ -196,6 +201,7 @@ struct GuidedBackprop {
 struct Deconvnet {
   static constexpr const char* name = "Deconvnet";  ///< display name
   /// @brief Input-shaped attributions.
+  template <class Deferred = void>
   torch::Tensor operator()(const SaliencyRequest& request) const {
     return detail::rule_attributions<DeconvReLU>(request);
   }
@@ -206,6 +212,7 @@ struct Deconvnet {
 struct InputXGradient {
   static constexpr const char* name = "Input x Gradient";  ///< display name
   /// @brief Input-shaped attributions.
+  template <class Deferred = void>
   torch::Tensor operator()(const SaliencyRequest& request) const {
     detail::SaliencyProgress progress(request.options, request.input.size(0));
     return request.input *
@@ -282,6 +289,7 @@ inline NoisyGradientMoments noisy_gradient_moments(const SaliencyRequest& reques
 struct SmoothGrad {
   static constexpr const char* name = "SmoothGrad";  ///< display name
   /// @brief Input-shaped attributions.
+  template <class Deferred = void>
   torch::Tensor operator()(const SaliencyRequest& request) const {
     return detail::noisy_gradient_moments(request, name, /*squares=*/false).mean;
   }
@@ -294,6 +302,7 @@ struct SmoothGrad {
 struct SmoothGradSquared {
   static constexpr const char* name = "SmoothGrad Squared";  ///< display name
   /// @brief Input-shaped attributions (non-negative).
+  template <class Deferred = void>
   torch::Tensor operator()(const SaliencyRequest& request) const {
     return detail::noisy_gradient_moments(request, name, /*squares=*/true).mean_squares;
   }
@@ -306,6 +315,7 @@ struct SmoothGradSquared {
 struct VarGrad {
   static constexpr const char* name = "VarGrad";  ///< display name
   /// @brief Input-shaped attributions (non-negative).
+  template <class Deferred = void>
   torch::Tensor operator()(const SaliencyRequest& request) const {
     const auto moments = detail::noisy_gradient_moments(request, name, /*squares=*/true);
     return (moments.mean_squares - moments.mean.square()).clamp_min(0);
@@ -363,6 +373,7 @@ inline torch::Tensor integration_baseline(const torch::Tensor& baseline, const t
 struct IntegratedGradients {
   static constexpr const char* name = "Integrated Gradients";  ///< display name
   /// @brief Input-shaped attributions.
+  template <class Deferred = void>
   torch::Tensor operator()(const SaliencyRequest& request) const {
     const auto& o = request.options;
     const int64_t chunk = detail::saliency_chunk(o);
@@ -530,6 +541,7 @@ inline std::vector<int64_t> one_input_shape(const torch::Tensor& x) {
 struct Occlusion {
   static constexpr const char* name = "Occlusion";  ///< display name
   /// @brief Input-shaped attributions.
+  template <class Deferred = void>
   torch::Tensor operator()(const SaliencyRequest& request) const {
     const auto& o = request.options;
     const auto& x = request.input;
@@ -601,6 +613,7 @@ struct Occlusion {
 struct FeatureAblation {
   static constexpr const char* name = "Feature Ablation";  ///< display name
   /// @brief Input-shaped attributions.
+  template <class Deferred = void>
   torch::Tensor operator()(const SaliencyRequest& request) const {
     const auto& o = request.options;
     const auto& x = request.input;
@@ -655,6 +668,7 @@ struct FeatureAblation {
 struct GradientShap {
   static constexpr const char* name = "Gradient SHAP";  ///< display name
   /// @brief Input-shaped attributions.
+  template <class Deferred = void>
   torch::Tensor operator()(const SaliencyRequest& request) const {
     const auto& o = request.options;
     const auto& x = request.input;
@@ -738,6 +752,7 @@ struct GradientShap {
 struct DeepLift {
   static constexpr const char* name = "DeepLIFT";  ///< display name
   /// @brief Input-shaped attributions.
+  template <class Deferred = void>
   torch::Tensor operator()(const SaliencyRequest& request) const {
     const auto& o = request.options;
     const auto& x = request.input;
