@@ -11,7 +11,8 @@
 # change it). Each TU is compiled RUNS times (default 3), alternating with the torch TU so that a
 # change of load on the machine hits both alike; prints the median wall time and the median CPU
 # time (user + system, which a loaded machine disturbs less) of each, their ratios to torch's,
-# and the peak memory of the compiler (/usr/bin/time -v). No precompiled header is
+# the median and range of the per-round CPU-time ratios to the torch compilation just before
+# ("paired"), and the peak memory of the compiler (/usr/bin/time -v). No precompiled header is
 # used: this is what a user's first TU pays. FTIME_REPORT=1 adds g++'s -ftime-report of the last
 # run of each header (under $OUT_DIR, default a temporary directory).
 set -euo pipefail
@@ -96,13 +97,29 @@ torch_wall=$(column_median torch 1)
 torch_cpu=$(column_median torch 3)
 peak_mib() { cut -d' ' -f2 "$work/$1.times" | sort -n | tail -1 | awk '{ printf "%.0f", $1 / 1024 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-printf '%-28s %8s %8s %8s %8s %9s\n' header wall ratio cpu ratio "peak MiB"
-printf '%-28s %8.2f %8s %8.2f %8s %9s\n' torch/torch.h "$torch_wall" 1.00 "$torch_cpu" 1.00 "$(peak_mib torch)"
+# The CPU-time ratio of each round to the torch compilation just before it: a change of the host's
+# speed between rounds (frequent on a shared machine) moves both alike, so the median of these
+# paired ratios is steadier than the ratio of the two medians; their range shows the noise.
+paired_ratios() {
+  local i=$1 r torch_line
+  for ((r = 1; r <= runs; ++r)); do
+    torch_line=$(((r - 1) * ${#headers[@]} + i + 1))
+    awk -v a="$(sed -n "${r}p" "$work/${names[$i]}.times" | cut -d' ' -f3)" \
+        -v b="$(sed -n "${torch_line}p" "$work/torch.times" | cut -d' ' -f3)" 'BEGIN { print a / b }'
+  done
+}
+printf '%-28s %8s %8s %8s %8s %9s %8s %s\n' header wall ratio cpu ratio "peak MiB" paired range
+printf '%-28s %8.2f %8s %8.2f %8s %9s %8s\n' torch/torch.h "$torch_wall" 1.00 "$torch_cpu" 1.00 \
+  "$(peak_mib torch)" 1.00
 for i in "${!headers[@]}"; do
   wall=$(column_median "${names[$i]}" 1)
   cpu=$(column_median "${names[$i]}" 3)
-  printf '%-28s %8.2f %8s %8.2f %8s %9s\n' "${headers[$i]}" "$wall" "$(ratio "$wall" "$torch_wall")" \
-    "$cpu" "$(ratio "$cpu" "$torch_cpu")" "$(peak_mib "${names[$i]}")"
+  pairs=$(paired_ratios "$i" | sort -g)
+  printf '%-28s %8.2f %8s %8.2f %8s %9s %8.2f %s\n' "${headers[$i]}" "$wall" \
+    "$(ratio "$wall" "$torch_wall")" "$cpu" "$(ratio "$cpu" "$torch_cpu")" \
+    "$(peak_mib "${names[$i]}")" "$(echo "$pairs" | median)" \
+    "$(echo "$pairs" | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f-%.2f", lo, hi }')"
 done
+echo "paired: median over rounds of the cpu ratio to the torch/torch.h compilation just before"
 [[ ${FTIME_REPORT:-0} == 1 ]] && echo "-ftime-report of the last runs: $out_dir/*.report"
 exit 0
