@@ -383,17 +383,15 @@ namespace detail {
 /// One batch that `to_evaluation_batch` converts (an `igrad::LocalizationBatch`, a
 /// `torch::data::Example<>`, a tuple of tensors), as opposed to a range of batches.
 template <class B>
-concept SingleEvaluationBatch = !detail::is_range<B> && !std::is_same_v<B, EvaluationBatch> &&
-                                (
-                                    requires(const B& b) {
-                                      b.images;
-                                      b.labels;
-                                    } ||
-                                    requires(const B& b) {
-                                      b.data;
-                                      b.target;
-                                    } ||
-                                    requires { std::tuple_size<B>::value; });
+concept SingleEvaluationBatch =
+    !detail::is_range<B> && !std::is_same_v<B, EvaluationBatch> &&
+    (requires(const B& b) {
+      b.images;
+      b.labels;
+    } || requires(const B& b) {
+      b.data;
+      b.target;
+    } || requires { std::tuple_size<B>::value; });
 }  // namespace detail
 
 /// @brief Evaluates explanation methods on one batch given as a whole — an
