@@ -52,39 +52,34 @@ class GraphError : public Error {
 
 namespace detail {
 
+/// The format string of format() and require(): checked at compile time against the arguments'
+/// types (`fmt::format_string`) where IGRAD_CHECK_FORMAT_STRINGS is defined, read at run time
+/// otherwise.
+///
+/// Why a runtime format string: checking each of igrad's few hundred format strings at compile
+/// time (a `consteval` parse per call) costs every translation unit that includes
+/// <igrad/igrad.hpp> several percent of its compile time, although the strings are igrad's own
+/// and never change. igrad's own builds define IGRAD_CHECK_FORMAT_STRINGS (CMakeLists.txt), so
+/// every string is still checked there; the formatted text is the same either way.
 #ifdef IGRAD_CHECK_FORMAT_STRINGS
-/// `fmt::format`, its format string checked at compile time (igrad's own builds).
 template <class... Args>
-std::string format(fmt::format_string<Args...> text, const Args&... args) {
+using FormatText = fmt::format_string<Args...>;
+#else
+template <class... Args>
+using FormatText = fmt::string_view;
+#endif
+
+/// `fmt::format` with igrad's FormatText: igrad's headers call this, never `fmt::format` directly.
+template <class... Args>
+std::string format(FormatText<Args...> text, const Args&... args) {
   return fmt::vformat(text, fmt::make_format_args(args...));
 }
 
 /// Throws `Exception` with a fmt-formatted message when `condition` is false.
 template <class Exception = InvalidArgument, class... Args>
-void require(bool condition, fmt::format_string<Args...> text, const Args&... args) {
-  if (!condition) throw Exception(fmt::vformat(text, fmt::make_format_args(args...)));
+void require(bool condition, FormatText<Args...> text, const Args&... args) {
+  if (!condition) throw Exception(detail::format(text, args...));
 }
-#else
-/// `fmt::format` with a format string read at run time.
-///
-/// Why a runtime format string: checking each of igrad's few hundred format strings at compile
-/// time (`fmt::format_string`, a `consteval` parse per call) costs every translation unit that
-/// includes <igrad/igrad.hpp> several percent of its compile time, although the strings are
-/// igrad's own and never change. igrad's own builds define IGRAD_CHECK_FORMAT_STRINGS
-/// (CMakeLists.txt), so every string is still checked there; the formatted text is the same
-/// either way. igrad's headers call this, never `fmt::format` directly.
-template <class... Args>
-std::string format(fmt::string_view text, const Args&... args) {
-  return fmt::vformat(text, fmt::make_format_args(args...));
-}
-
-/// Throws `Exception` with a fmt-formatted message when `condition` is false (format string read
-/// at run time: see format()).
-template <class Exception = InvalidArgument, class... Args>
-void require(bool condition, fmt::string_view text, const Args&... args) {
-  if (!condition) throw Exception(fmt::vformat(text, fmt::make_format_args(args...)));
-}
-#endif
 
 }  // namespace detail
 }  // namespace igrad
