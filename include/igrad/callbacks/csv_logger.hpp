@@ -5,8 +5,6 @@
 #include <igrad/callbacks/callback.hpp>
 #include <igrad/exceptions.hpp>
 
-#include <fmt/format.h>
-
 #include <filesystem>
 #include <fstream>
 #include <string>

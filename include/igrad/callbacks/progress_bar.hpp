@@ -7,8 +7,6 @@
 #include <igrad/detail/progress_line.hpp>
 #include <igrad/exceptions.hpp>
 
-#include <fmt/format.h>
-
 #include <chrono>
 #include <cstdio>
 #include <optional>

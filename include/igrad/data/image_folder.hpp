@@ -9,7 +9,6 @@
 #include <igrad/detail/tensor_checks.hpp>
 #include <igrad/exceptions.hpp>
 
-#include <fmt/format.h>
 #include <torch/torch.h>
 
 // The implementations live in Debian's compiled libstb that igrad links (Stb::Stb).

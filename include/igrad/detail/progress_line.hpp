@@ -6,8 +6,6 @@
 
 #include <igrad/exceptions.hpp>
 
-#include <fmt/format.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdint>

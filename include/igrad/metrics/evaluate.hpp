@@ -18,7 +18,6 @@
 #include <igrad/metrics/table.hpp>
 #include <igrad/model.hpp>
 
-#include <fmt/format.h>
 #include <torch/arg.h>
 #include <torch/torch.h>
 

@@ -9,7 +9,6 @@
 #include <igrad/model.hpp>
 #include <igrad/normalization.hpp>
 
-#include <fmt/format.h>
 #include <torch/arg.h>
 #include <torch/torch.h>
 

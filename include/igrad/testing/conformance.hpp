@@ -23,7 +23,6 @@
 #include <igrad/saliency/saliency_methods.hpp>
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <fmt/format.h>
 #include <torch/arg.h>
 #include <torch/torch.h>
 

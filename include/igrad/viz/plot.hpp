@@ -9,7 +9,6 @@
 #include <igrad/detail/tensor_checks.hpp>
 #include <igrad/exceptions.hpp>
 
-#include <fmt/format.h>
 #include <stb/stb_easy_font.h>
 #include <torch/arg.h>
 #include <torch/torch.h>
