@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -470,4 +471,50 @@ TEST_CASE("backend: under the suite's settings a batch's convolution input gradi
   torch::manual_seed(3);
   (void)igrad::testing::convolution_gradient_batch_error();
   CHECK(torch::equal(torch::rand({4}), expected));
+}
+
+TEST_CASE("backend: a NaN or infinite gradient is the worst departure, never none") {
+  const auto alone = torch::tensor({{1.0F, -2.0F}, {0.5F, 4.0F}});
+  CHECK(igrad::testing::relative_batch_departure(alone, alone) == 0.0);
+  auto off = alone.clone();
+  off[1][1] = 3.0F;  // 1 off, relative to the largest |gradient| 4
+  CHECK(igrad::testing::relative_batch_departure(off, alone) == doctest::Approx(0.25));
+  CHECK(igrad::testing::relative_batch_departure(torch::zeros({2}), torch::zeros({2})) == 0.0);
+  const double infinity = std::numeric_limits<double>::infinity();
+  auto with_nan = alone.clone();
+  with_nan[0][1] = std::numeric_limits<float>::quiet_NaN();
+  CHECK(igrad::testing::relative_batch_departure(with_nan, alone) == infinity);
+  CHECK(igrad::testing::relative_batch_departure(alone, with_nan) == infinity);
+  auto with_infinity = alone.clone();
+  with_infinity[1][0] = -std::numeric_limits<float>::infinity();
+  CHECK(igrad::testing::relative_batch_departure(with_infinity, alone) == infinity);
+  CHECK_THROWS_WITH_AS(igrad::testing::relative_batch_departure(alone, alone.flatten()),
+                       doctest::Contains("shapes [2, 2] and [4]"), igrad::InvalidArgument);
+  CHECK_THROWS_AS(igrad::testing::relative_batch_departure(torch::Tensor(), alone),
+                  igrad::InvalidArgument);
+}
+
+TEST_CASE("backend: the check's verdict on LibTorch's default path does not depend on the heap") {
+  // Debian 13's libtorch 2.6 (oneDNN 3.7.2, AVX-512) gave a NaN batch gradient once freed blocks
+  // held NaN, and the check then said "exact" (a maximum taken with NaN): the suite kept that
+  // path on and two tests later met a NaN regulariser. Runs on LibTorch's default convolution
+  // path, the one main() may have turned off.
+  struct MkldnnSetting {
+    bool before = at::globalContext().userEnabledMkldnn();
+    ~MkldnnSetting() { at::globalContext().setUserEnabledMkldnn(before); }
+  } restore;
+  at::globalContext().setUserEnabledMkldnn(true);
+  const bool broken = igrad::testing::convolution_gradient_batch_error() > 1e-4;
+  for (const int64_t elements : {16, 64, 256, 1024, 4096, 65536}) {
+    CAPTURE(elements);
+    for (int round = 0; round < 3; ++round) {
+      {
+        std::vector<torch::Tensor> freed_with_nan;
+        for (int copy = 0; copy < 64; ++copy)
+          freed_with_nan.push_back(
+              torch::full({elements + copy}, std::numeric_limits<float>::quiet_NaN()));
+      }
+      CHECK((igrad::testing::convolution_gradient_batch_error() > 1e-4) == broken);
+    }
+  }
 }
