@@ -26,6 +26,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -200,11 +201,21 @@ class Trainer : public TrainerControl {
     const auto l = detail::regularised_loss_of_checked(model_, input, labels, options_.lambda(),
                                                        error_, rule_,
                                                        options_.report_regulariser());
+    // Read once: they decide whether the step is taken, and are its result.
+    const double total = l.total.template item<double>();
+    const double classification = l.classification.template item<double>();
+    const double regulariser = l.regulariser.template item<double>();
     detail::require<NumericalError>(
-        std::isfinite(l.total.template item<double>()),
+        std::isfinite(total),
         "the loss is not finite (L_C = {}, L_R = {}); the step was refused and the model left "
-        "unchanged. Expected finite losses: lower the learning rate or lambda",
-        l.classification.template item<double>(), l.regulariser.template item<double>());
+        "unchanged. Expected finite losses: lower the learning rate or lambda{}",
+        classification, regulariser,
+        std::isfinite(classification) && !std::isfinite(regulariser)
+            ? std::string_view("; L_C is finite, so the input gradients or the error function "
+                               "gave it: LibTorch's own gradients are checked by "
+                               "igrad::testing::convolution_gradient_batch_error "
+                               "(docs/reliability.md)")
+            : std::string_view());
     optimizer_->zero_grad();
     backward_to_parameters(l.total, model_, optimizer_);
     std::forward<F>(after_backward)();
@@ -212,9 +223,9 @@ class Trainer : public TrainerControl {
     transaction.commit();
     ++steps_;
     StepResult result;
-    result.loss = l.total.template item<double>();
-    result.classification_loss = l.classification.template item<double>();
-    result.regulariser_loss = l.regulariser.defined() ? l.regulariser.template item<double>() : 0.0;
+    result.loss = total;
+    result.classification_loss = classification;
+    result.regulariser_loss = regulariser;
     result.accuracy =
         l.logits.argmax(1).eq(labels).to(torch::kDouble).mean().template item<double>();
     result.batch_size = input.size(0);

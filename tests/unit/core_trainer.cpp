@@ -10,7 +10,9 @@
 #include <filesystem>
 #include <algorithm>
 #include <fstream>
+#include <limits>
 #include <sstream>
+#include <string>
 
 using namespace igrad_test;
 namespace fs = std::filesystem;
@@ -280,6 +282,45 @@ TEST_CASE("trainer: misuse raises igrad errors and leaves model and optimizer un
   CHECK(all_equal(params_inf, model->parameters()));
   CHECK(all_equal(buffers, model->buffers()));
   CHECK(all_equal(state, optimizer_state(optimizer)));
+}
+
+namespace {
+/// An error function that gives NaN for every sample, as a broken backward or policy would.
+struct NanError {
+  static constexpr const char* name = "NanError";
+  torch::Tensor operator()(const torch::Tensor& standard, const torch::Tensor& guided) const {
+    return (standard * guided).flatten(1).sum(1) * std::numeric_limits<double>::quiet_NaN();
+  }
+};
+}  // namespace
+
+TEST_CASE("trainer: a NaN regulariser beside a finite L_C is refused and points at its sources") {
+  torch::manual_seed(4);
+  TinyConv model(3, true);
+  torch::optim::Adam optimizer(model->parameters(), 1e-2);
+  igrad::Trainer<NanError> trainer(model, optimizer);
+  const auto params = snapshot(model->parameters());
+  const auto buffers = snapshot(model->buffers());
+  const auto x = torch::randn({4, 1, 6, 6});
+  const auto t = torch::tensor({0, 1, 2, 0});
+  CHECK_THROWS_WITH_AS(trainer.step(x, t),
+                       doctest::Contains("L_C is finite, so the input gradients or the error "
+                                         "function gave it"),
+                       igrad::NumericalError);
+  CHECK(all_equal(params, model->parameters()));
+  CHECK(all_equal(buffers, model->buffers()));
+  CHECK(trainer.steps() == 0);
+  {
+    // Logits that overflow: L_C itself is not finite, and the message does not blame gradients.
+    torch::NoGradGuard no_grad;
+    model->fc->bias[0].fill_(std::numeric_limits<float>::infinity());
+  }
+  try {
+    trainer.step(x, t);
+    FAIL("a step with an infinite L_C was taken");
+  } catch (const igrad::NumericalError& error) {
+    CHECK(std::string(error.what()).find("L_C is finite") == std::string::npos);
+  }
 }
 
 TEST_CASE("trainer: the Hana ablation runs one trainer per error function") {
