@@ -508,12 +508,7 @@ TEST_CASE("backend: the check's verdict on LibTorch's default path does not depe
   for (const int64_t elements : {16, 64, 256, 1024, 4096, 65536}) {
     CAPTURE(elements);
     for (int round = 0; round < 3; ++round) {
-      {
-        std::vector<torch::Tensor> freed_with_nan;
-        for (int copy = 0; copy < 64; ++copy)
-          freed_with_nan.push_back(
-              torch::full({elements + copy}, std::numeric_limits<float>::quiet_NaN()));
-      }
+      igrad::testing::release_nan_filled_blocks(elements, /*count=*/64);
       CHECK((igrad::testing::convolution_gradient_batch_error() > 1e-4) == broken);
     }
   }

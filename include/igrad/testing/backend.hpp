@@ -41,12 +41,21 @@ inline double relative_batch_departure(const torch::Tensor& batched,
       "relative_batch_departure got gradients of shapes {} and {}; expected "
       "two defined tensors of the same shape",
       igrad::detail::shape_string(batched), igrad::detail::shape_string(one_by_one));
-  if (!torch::isfinite(batched).all().item<bool>() ||
-      !torch::isfinite(one_by_one).all().item<bool>())
+  if (!igrad::detail::all_finite(batched) || !igrad::detail::all_finite(one_by_one))
     return std::numeric_limits<double>::infinity();
   const double worst = (batched - one_by_one).abs().max().item<double>();
   const double largest = one_by_one.abs().max().item<double>();
   return largest > 0 ? worst / largest : worst;
+}
+
+/// @ingroup testing_group
+/// @brief Allocates `count` float tensors of `elements`, `elements + 1`, ... elements filled with
+/// NaN and releases them, so that the allocator likely hands those blocks out next: a kernel that
+/// reads memory it never wrote then gives NaN instead of whatever the heap held.
+inline void release_nan_filled_blocks(int64_t elements, int count) {
+  std::vector<torch::Tensor> blocks;
+  for (int i = 0; i < count; ++i)
+    blocks.push_back(torch::full({elements + i}, std::numeric_limits<float>::quiet_NaN()));
 }
 
 /// @ingroup testing_group
@@ -84,14 +93,9 @@ inline double convolution_gradient_batch_error() {
     return relative_batch_departure(batched, torch::cat(alone));
   };
   const double on_the_heap_as_found = departure();
-  {
-    // Blocks of the sizes the gradients' buffers and their workspaces take, released filled with
-    // NaN, so that the next allocations likely reuse them.
-    std::vector<torch::Tensor> poison;
-    for (int64_t elements = 64; elements <= 65536; elements *= 4)
-      for (int copy = 0; copy < 16; ++copy)
-        poison.push_back(torch::full({elements + copy}, std::numeric_limits<float>::quiet_NaN()));
-  }
+  // Blocks of the sizes the gradients' buffers and their workspaces take.
+  for (int64_t elements = 64; elements <= 65536; elements *= 4)
+    release_nan_filled_blocks(elements, /*count=*/16);
   return std::max(on_the_heap_as_found, departure());
 }
 
